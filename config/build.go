@@ -1,0 +1,160 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/imapgate/imapgate/proxy"
+	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Listener is one client-facing listener, ready for proxy.Server.Serve.
+type Listener struct {
+	// Address is the host:port to listen on, as configured.
+	Address string
+	// Options configure the proxy for connections on this listener; TLSConfig holds the
+	// loaded server certificate when the listener uses TLS.
+	Options proxy.ListenerOptions
+}
+
+// File returns the name the configuration was loaded or parsed under; empty for a Config
+// built by hand.
+func (c *Config) File() string { return c.file }
+
+// Path resolves a file path from the configuration: relative paths are relative to the
+// directory of the configuration file.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Listeners returns the listeners in configuration order. It loads the server certificate
+// (tls.cert_file, tls.key_file) once, when a listener uses TLS, and shares it between them.
+// It does not listen.
+func (c *Config) Listeners() ([]Listener, error) {
+	var server *tls.Config
+	out := make([]Listener, 0, len(c.ListenerConfigs))
+	for i, l := range c.ListenerConfigs {
+		o := proxy.ListenerOptions{
+			Name:               l.Name,
+			TLS:                l.TLS,
+			AllowPlaintextAuth: l.AllowPlaintextAuth,
+			PreAuthTimeout:     time.Duration(l.PreAuthTimeout),
+		}
+		if l.TLS != tlsconf.None {
+			if server == nil {
+				if c.TLS.CertFile == "" || c.TLS.KeyFile == "" {
+					return nil, c.errorAt(fmt.Sprintf("listeners[%d].tls", i), fmt.Errorf("%s needs tls.cert_file and tls.key_file", l.TLS))
+				}
+				var err error
+				server, err = tlsconf.ServerConfig(c.Path(c.TLS.CertFile), c.Path(c.TLS.KeyFile))
+				if err != nil {
+					return nil, c.errorAt("tls.cert_file", err)
+				}
+			}
+			o.TLSConfig = server
+		}
+		out = append(out, Listener{Address: l.Address, Options: o})
+	}
+	return out, nil
+}
+
+// RoutingSpec returns the routing table specification for routing.NewTable. It reads each
+// TLS backend's ca_file and builds its client TLS configuration with tlsconf.UpstreamConfig,
+// the server name defaulting to the host part of the address. Users and Domains are copies.
+func (c *Config) RoutingSpec() (routing.TableSpec, error) {
+	spec := routing.TableSpec{
+		Shards:  make([]routing.ShardSpec, 0, len(c.Routing.Shards)),
+		Users:   make(map[string]string, len(c.Routing.Users)),
+		Domains: make(map[string]string, len(c.Routing.Domains)),
+	}
+	for i, s := range c.Routing.Shards {
+		ss := routing.ShardSpec{Name: s.Name, Weight: s.Weight}
+		for j, b := range s.Backends {
+			rb := &routing.Backend{
+				Shard:           s.Name,
+				Address:         b.Address,
+				TLS:             b.TLS,
+				ForwardClientIP: b.ForwardClientIP,
+			}
+			if b.TLS != tlsconf.None {
+				name := b.ServerName
+				if name == "" {
+					host, _, err := net.SplitHostPort(b.Address)
+					if err != nil {
+						return routing.TableSpec{}, c.errorAt(fmt.Sprintf("routing.shards[%d].backends[%d].address", i, j), err)
+					}
+					name = host
+				}
+				cfg, err := tlsconf.UpstreamConfig(c.Path(b.CAFile), name, b.InsecureSkipVerify)
+				if err != nil {
+					return routing.TableSpec{}, c.errorAt(fmt.Sprintf("routing.shards[%d].backends[%d].ca_file", i, j), err)
+				}
+				rb.TLSConfig = cfg
+			}
+			ss.Backends = append(ss.Backends, rb)
+		}
+		spec.Shards = append(spec.Shards, ss)
+	}
+	maps.Copy(spec.Users, c.Routing.Users)
+	maps.Copy(spec.Domains, c.Routing.Domains)
+	return spec, nil
+}
+
+// ProxyOptions returns the proxy's options with the given router and logger and the
+// upstream timeouts of the configuration (zero: the proxy's defaults).
+func (c *Config) ProxyOptions(router proxy.Router, log *zap.Logger) proxy.Options {
+	return proxy.Options{
+		Router:         router,
+		Logger:         log,
+		ConnectTimeout: time.Duration(c.Upstream.ConnectTimeout),
+		LoginTimeout:   time.Duration(c.Upstream.LoginTimeout),
+	}
+}
+
+// Logger returns a logger writing to standard error in the configured format (JSON by
+// default) at the configured level (info by default). It does not sample: every session's
+// lines are kept.
+func (c *Config) Logger() (*zap.Logger, error) {
+	return c.logger(zapcore.Lock(os.Stderr))
+}
+
+// LoggerTo is Logger writing to w instead of standard error; writes are serialised, so w
+// need not be safe for concurrent use (a bytes.Buffer in a test will do).
+func (c *Config) LoggerTo(w io.Writer) (*zap.Logger, error) {
+	return c.logger(zapcore.Lock(zapcore.AddSync(w)))
+}
+
+func (c *Config) logger(w zapcore.WriteSyncer) (*zap.Logger, error) {
+	level := zapcore.InfoLevel
+	if c.Log.Level != "" {
+		if err := level.Set(c.Log.Level); err != nil {
+			return nil, c.errorAt("log.level", err)
+		}
+	}
+	var enc zapcore.Encoder
+	switch c.Log.Format {
+	case "", "json":
+		ec := zap.NewProductionEncoderConfig()
+		ec.EncodeTime = zapcore.ISO8601TimeEncoder
+		enc = zapcore.NewJSONEncoder(ec)
+	case "console":
+		ec := zap.NewDevelopmentEncoderConfig()
+		ec.CallerKey = ""
+		enc = zapcore.NewConsoleEncoder(ec)
+	default:
+		return nil, c.errorAt("log.format", fmt.Errorf("unknown format %q (want %s)", c.Log.Format, orList(logFormats)))
+	}
+	return zap.New(zapcore.NewCore(enc, w, level), zap.ErrorOutput(w)), nil
+}

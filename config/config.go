@@ -1,0 +1,149 @@
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/imapgate/imapgate/tlsconf"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one configuration file, decoded. Load and Parse return it validated; a Config
+// built by hand should be checked with Validate before the builders are used. Treat a Config
+// as read-only once it is in use: the builders read it and other goroutines may too.
+//
+// Each field's YAML name is in its tag; REFERENCE.md in this directory documents them all.
+type Config struct {
+	// ListenerConfigs are the client-facing listeners (YAML "listeners"); at least one.
+	ListenerConfigs []ListenerConfig `yaml:"listeners"`
+	// TLS is the server certificate offered on STARTTLS and implicit-TLS listeners.
+	TLS TLSConfig `yaml:"tls"`
+	// Upstream holds the timeouts for reaching backends.
+	Upstream UpstreamConfig `yaml:"upstream"`
+	// Log chooses the log format and level.
+	Log LogConfig `yaml:"log"`
+	// Routing is the routing table: shards, their backends, users and domains.
+	Routing RoutingConfig `yaml:"routing"`
+
+	// file names the configuration in errors; dir is the base of relative paths.
+	file, dir string
+	// nodes maps a field path ("listeners[1].tls") to its YAML nodes, for line numbers.
+	// Nil for a Config built by hand.
+	nodes map[string]position
+}
+
+// ListenerConfig is one entry of "listeners".
+type ListenerConfig struct {
+	// Name labels the listener in logs; required, unique.
+	Name string `yaml:"name"`
+	// Address is host:port to listen on; an empty host means every interface.
+	Address string `yaml:"address"`
+	// TLS is how clients use TLS on this listener: none (the default), starttls or implicit.
+	TLS tlsconf.Mode `yaml:"tls"`
+	// AllowPlaintextAuth allows LOGIN and AUTHENTICATE before TLS. Off by default
+	// (RFC 9051 section 6.2.3): cleartext connections then advertise LOGINDISABLED.
+	AllowPlaintextAuth bool `yaml:"allow_plaintext_auth"`
+	// PreAuthTimeout ends a connection that has not logged in and sends nothing for this
+	// long. Zero means the proxy's default (60 s).
+	PreAuthTimeout Duration `yaml:"preauth_timeout"`
+}
+
+// TLSConfig is the "tls" section.
+type TLSConfig struct {
+	// CertFile is the PEM certificate chain (leaf first) for the listeners. Required when any
+	// listener uses starttls or implicit.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM private key of CertFile.
+	KeyFile string `yaml:"key_file"`
+}
+
+// UpstreamConfig is the "upstream" section.
+type UpstreamConfig struct {
+	// ConnectTimeout bounds dialing a backend, its greeting and the TLS handshake. Zero
+	// means the proxy's default (5 s).
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// LoginTimeout bounds the whole upstream login conversation. Zero means the proxy's
+	// default (15 s).
+	LoginTimeout Duration `yaml:"login_timeout"`
+}
+
+// LogConfig is the "log" section.
+type LogConfig struct {
+	// Format is "json" (the default: one JSON object per line) or "console" (for people).
+	Format string `yaml:"format"`
+	// Level is "debug", "info" (the default), "warn" or "error".
+	Level string `yaml:"level"`
+}
+
+// RoutingConfig is the "routing" section.
+type RoutingConfig struct {
+	// Shards are the shards; at least one.
+	Shards []ShardConfig `yaml:"shards"`
+	// Users pins user names (compared case-insensitively) to shard names.
+	Users map[string]string `yaml:"users"`
+	// Domains sends domains ("example.org") and wildcard domains ("*.example.net") to shard
+	// names.
+	Domains map[string]string `yaml:"domains"`
+}
+
+// ShardConfig is one entry of "routing.shards".
+type ShardConfig struct {
+	// Name identifies the shard; required, unique.
+	Name string `yaml:"name"`
+	// Weight is the shard's share of users placed by hashing, relative to the other shards.
+	// Omitted (zero) means 1; an explicit 0 is rejected.
+	Weight float64 `yaml:"weight"`
+	// Backends are the IMAP servers holding the shard's mailboxes; at least one.
+	Backends []BackendConfig `yaml:"backends"`
+}
+
+// BackendConfig is one entry of "routing.shards[].backends".
+type BackendConfig struct {
+	// Address is the backend's host:port.
+	Address string `yaml:"address"`
+	// TLS is how imapgate reaches the backend: none (the default), starttls or implicit.
+	TLS tlsconf.Mode `yaml:"tls"`
+	// ForwardClientIP sends Dovecot's ID forwarding keys (x-originating-ip and friends)
+	// before logging in, when the backend advertises ID.
+	ForwardClientIP bool `yaml:"forward_client_ip"`
+	// CAFile is a PEM bundle of the CAs that sign the backend's certificate. Empty means the
+	// system roots. Only with tls starttls or implicit.
+	CAFile string `yaml:"ca_file"`
+	// ServerName is the name the backend's certificate must carry. Empty means the host part
+	// of Address. Only with tls starttls or implicit.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify turns off verification of the backend's certificate. Never in
+	// production: anyone in the path can read the passwords.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Duration is a time.Duration written as a Go duration string in YAML: "5s", "1m30s",
+// "250ms". A bare 0 is accepted; other bare numbers are not (is 5 seconds or nanoseconds
+// meant?), nor are negative durations.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("want a duration such as \"5s\" or \"1m30s\"")
+	}
+	if n.Value == "0" {
+		*d = 0
+		return nil
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("want a duration such as \"5s\" or \"1m30s\", got %q", n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// String returns the duration in Go syntax ("1m30s").
+func (d Duration) String() string { return time.Duration(d).String() }

@@ -1,0 +1,33 @@
+// Package proxy is imapgate's data path: it accepts IMAP client connections, runs the
+// conversation up to login itself, logs in to the user's backend and then splices the two
+// byte streams.
+//
+// The path of one session, file by file:
+//
+//	server.go   accept: Server.Serve takes connections from a listener; the session registry
+//	session.go  one session's life (run), implicit TLS, login orchestration, handoff
+//	preauth.go  pre-auth: the not-authenticated state of RFC 9051 section 3.1 — CAPABILITY,
+//	            NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (RFC 4616,
+//	            SASL-IR RFC 4959) — answered by the proxy, written by hand on bufio
+//	parse.go    the client command reader: quoted strings, literals {n} and {n+} (RFC 7888),
+//	            bounded line and literal sizes
+//	(routing)   route: the Router interface (api.go) asks package routing for shard and backends
+//	upstream.go upstream login: dial, TLS or STARTTLS, CAPABILITY, ID forwarding of the client
+//	            address (Dovecot's x-originating-ip), AUTHENTICATE PLAIN or LOGIN
+//	response.go the backend response reader used by the upstream login
+//	splice.go   splice: raw bytes both ways, splice(2) between plain TCP connections
+//
+// After the handoff the proxy does not parse IMAP: bytes the client pipelined after its LOGIN
+// and bytes the backend sent after its OK are delivered first, then the streams are copied
+// unchanged. The client receives the backend's own tagged OK under its tag, with the
+// backend's post-login capabilities.
+//
+// What this package does not do: it does not decide where a user goes (package routing),
+// does not verify passwords itself (the backend does; pass-through authentication), does not
+// load configuration (package config) or certificates (package tlsconf).
+//
+// Connection ownership: a Server owns every connection it accepts; the session goroutine
+// that serves it closes it, together with the backend connection it dialed. Other goroutines
+// (Server.Close) only interrupt a session: before login it answers BYE, after login both
+// connections are closed.
+package proxy

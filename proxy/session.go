@@ -1,0 +1,369 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
+	"go.uber.org/zap"
+)
+
+// session is one client connection from accept to close.
+//
+// Ownership: the session goroutine (Server.handle) owns raw and conn and everything below
+// until it returns; it closes them. Other goroutines only call interrupt.
+type session struct {
+	id    string
+	srv   *Server
+	lo    *ListenerOptions
+	start time.Time
+	log   *zap.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	raw       net.Conn // the accepted connection
+	conn      net.Conn // raw, or the *tls.Conn over it
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	reader    *commandReader
+	clientTLS bool
+	clientID  []string // the client's ID parameters (RFC 2971), key, value, …
+
+	// Set at login.
+	user    string
+	mech    string
+	shard   string
+	backend string
+	up      *upstream
+
+	mu      sync.Mutex // guards spliced against interrupt
+	spliced bool
+	closing atomic.Bool
+
+	// The end of the session, for the log.
+	closedBy string // "client", "backend" or "proxy"
+	endErr   error
+	c2b, b2c int64
+}
+
+// authenticatedCommands are commands of later states (RFC 9051 section 6.3 and 6.4 and
+// common extensions): before login they get a more helpful BAD than "unknown".
+var authenticatedCommands = map[string]bool{
+	"ENABLE": true, "SELECT": true, "EXAMINE": true, "CREATE": true, "DELETE": true,
+	"RENAME": true, "SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true, "LSUB": true,
+	"NAMESPACE": true, "STATUS": true, "APPEND": true, "IDLE": true, "CLOSE": true,
+	"UNSELECT": true, "EXPUNGE": true, "SEARCH": true, "FETCH": true, "STORE": true,
+	"COPY": true, "MOVE": true, "UID": true, "CHECK": true, "GETQUOTA": true,
+	"GETQUOTAROOT": true, "COMPRESS": true, "UNAUTHENTICATE": true,
+}
+
+func (lo *ListenerOptions) preauthTimeout() time.Duration {
+	if lo.PreAuthTimeout > 0 {
+		return lo.PreAuthTimeout
+	}
+	return 60 * time.Second
+}
+
+func (lo *ListenerOptions) maxLine() int {
+	if lo.MaxLineBytes > 0 {
+		return lo.MaxLineBytes
+	}
+	return defaultMaxLineBytes
+}
+
+func (lo *ListenerOptions) maxLiteral() int {
+	if lo.MaxLiteralBytes > 0 {
+		return lo.MaxLiteralBytes
+	}
+	return defaultMaxLiteralBytes
+}
+
+// newSessionID returns 12 URL-safe characters from 72 random bits, the size of Dovecot's
+// session ids.
+func newSessionID() string {
+	var b [9]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// startClientTLS runs the server side of a TLS handshake on conn (the raw connection, or a
+// prefixConn after STARTTLS) under the pre-auth timeout.
+func (s *session) startClientTLS(conn net.Conn) error {
+	if s.lo.TLSConfig == nil {
+		return errors.New("listener has no TLS certificate")
+	}
+	tc := tls.Server(conn, s.lo.TLSConfig)
+	_ = s.raw.SetDeadline(time.Now().Add(s.lo.preauthTimeout()))
+	ctx, cancel := context.WithTimeout(s.ctx, s.lo.preauthTimeout())
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	_ = s.raw.SetWriteDeadline(time.Time{})
+	s.clientTLS = true
+	s.newBufio(tc)
+	return nil
+}
+
+// decodePlain decodes an AUTHENTICATE PLAIN response (RFC 4616 section 2) sent as base64
+// ("=" stands for an empty response, RFC 9051 section 6.2.2).
+func decodePlain(encoded string) (credentials, error) {
+	var raw []byte
+	if encoded != "=" {
+		var err error
+		raw, err = base64.StdEncoding.DecodeString(encoded)
+		if err != nil {
+			return credentials{}, errors.New("Invalid base64 in SASL response")
+		}
+	}
+	var cr credentials
+	srv := sasl.NewPlainServer(func(identity, username, password string) error {
+		cr = credentials{authzid: identity, user: username, password: password}
+		return nil
+	})
+	if raw == nil {
+		raw = []byte{}
+	}
+	if _, _, err := srv.Next(raw); err != nil {
+		return credentials{}, errors.New("Invalid PLAIN response")
+	}
+	if cr.user == "" {
+		return credentials{}, errors.New("Invalid PLAIN response: empty user name")
+	}
+	return cr, nil
+}
+
+// login routes the user, logs in upstream and, on success, hands the session off. The client
+// gets NO [AUTHENTICATIONFAILED] when the backend refuses the credentials and
+// NO [UNAVAILABLE] when no backend of the user's shard can be used; it may try again.
+func (s *session) login(tag, mech string, cr credentials) (preauthResult, error) {
+	if cr.user == "" {
+		s.writef("%s NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", tag)
+		return stay, nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.srv.loginTimeout())
+	defer cancel()
+	log := s.log.With(zap.String("user", cr.user), zap.String("mechanism", mech))
+
+	req := routing.Request{
+		User:      cr.user,
+		Mechanism: mech,
+		Listener:  s.lo.Name,
+		Client:    addrPort(s.raw.RemoteAddr()),
+		Local:     addrPort(s.raw.LocalAddr()),
+		SessionID: s.id,
+	}
+	dec, err := s.srv.opts.Router.Route(ctx, req)
+	if err != nil {
+		log.Warn("login failed", zap.String("reason", "unavailable"), zap.Error(err))
+		s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
+		return stay, nil
+	}
+	log = log.With(zap.String("shard", dec.Shard))
+	ci := clientInfo{client: req.Client, local: req.Local, sessionID: s.id}
+	upCreds := cr
+	if dec.UpstreamUser != "" {
+		upCreds.user = dec.UpstreamUser
+	}
+	var lastErr error
+	for _, be := range dec.Backends {
+		up, res, err := s.loginUpstream(ctx, be, ci, upCreds)
+		var af *authFailedError
+		switch {
+		case err == nil:
+			s.user, s.mech, s.shard, s.backend, s.up = cr.user, mech, dec.Shard, be.Address, up
+			log.Info("login",
+				zap.String("backend", be.Address),
+				zap.String("route", dec.Reason),
+				zap.String("upstream_mechanism", res.mech),
+				zap.Bool("client_tls", s.clientTLS),
+				zap.Bool("backend_tls", up.tls),
+				zap.Strings("client_id", s.clientID),
+			)
+			if err := s.handoff(tag, res); err != nil {
+				s.endErr = err
+				return hangUp, nil
+			}
+			return handedOff, nil
+		case errors.As(err, &af):
+			log.Info("login failed", zap.String("backend", be.Address),
+				zap.String("reason", "auth_failed"), zap.Error(err))
+			if af.code == "UNAVAILABLE" {
+				s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
+			} else {
+				s.writef("%s NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", tag)
+			}
+			return stay, nil
+		}
+		log.Warn("backend failed", zap.String("backend", be.Address), zap.Error(err))
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	log.Warn("login failed", zap.String("reason", "unavailable"), zap.Error(lastErr))
+	if s.closing.Load() {
+		return hangUp, errors.New("server shutting down")
+	}
+	s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
+	return stay, nil
+}
+
+// loginUpstream dials one backend and logs in there.
+func (s *session) loginUpstream(ctx context.Context, be *routing.Backend, ci clientInfo, cr credentials) (*upstream, *loginResult, error) {
+	up, err := dialUpstream(ctx, be, s.srv.connectTimeout())
+	if err != nil {
+		return nil, nil, err
+	}
+	// Unblock the conversation if the session is interrupted or the login times out.
+	stop := context.AfterFunc(ctx, func() { _ = up.raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = up.raw.SetDeadline(dl)
+	}
+	if err := up.forwardID(ci); err != nil {
+		up.close()
+		return nil, nil, err
+	}
+	res, err := up.login(cr)
+	if err != nil {
+		up.close()
+		return nil, nil, err
+	}
+	if !stop() {
+		up.close()
+		return nil, nil, &backendUnavailableError{addr: be.Address, err: ctx.Err()}
+	}
+	_ = up.raw.SetDeadline(time.Time{})
+	return up, res, nil
+}
+
+// handoff gives the client the backend's answer to its login under the client's tag, with the
+// backend's post-login capabilities (RFC 9051 section 6.2.3), and delivers the bytes either
+// side sent ahead: the client's pipelined commands to the backend and the backend's bytes
+// after its OK to the client.
+func (s *session) handoff(tag string, res *loginResult) error {
+	for _, u := range res.untagged {
+		s.bw.Write(u)
+		s.bw.WriteString("\r\n")
+	}
+	text := res.text
+	if text == "" {
+		text = "Logged in"
+	}
+	s.writef("%s OK [CAPABILITY %s] %s\r\n", tag, res.caps.String(), text)
+	if n := s.up.br.Buffered(); n > 0 {
+		ahead, _ := s.up.br.Peek(n)
+		s.bw.Write(ahead)
+		s.b2c += int64(n)
+	}
+	if err := s.flush(); err != nil {
+		return err
+	}
+	if n := s.br.Buffered(); n > 0 {
+		ahead, _ := s.br.Peek(n)
+		if _, err := s.up.conn.Write(ahead); err != nil {
+			return err
+		}
+		s.c2b += int64(n)
+	}
+	_ = s.raw.SetDeadline(time.Time{})
+	// The bufio readers and writers are dropped here: from now on bytes go straight
+	// between the connections.
+	s.br, s.bw, s.reader = nil, nil, nil
+	s.up.br = nil
+	return nil
+}
+
+// interrupt ends the session from another goroutine (server shutdown, later kick): before
+// login the session loop says BYE; after handoff both connections are closed.
+func (s *session) interrupt() {
+	s.closing.Store(true)
+	s.cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.spliced {
+		_ = s.raw.Close()
+		_ = s.up.raw.Close()
+		return
+	}
+	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
+}
+
+// run is the whole life of the session. It closes everything it opened.
+func (s *session) run() {
+	defer s.cancel()
+	defer s.raw.Close()
+	if s.lo.TLS == tlsconf.Implicit {
+		if err := s.startClientTLS(s.raw); err != nil {
+			s.endErr = err
+			s.closedBy = "client"
+			s.logEnd()
+			return
+		}
+	} else {
+		s.newBufio(s.raw)
+	}
+	if !s.runPreauth() {
+		if s.closedBy == "" {
+			s.closedBy = "client"
+		}
+		s.logEnd()
+		return
+	}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		s.up.raw.Close()
+		s.closedBy = "proxy"
+		s.logEnd()
+		return
+	}
+	s.spliced = true
+	s.mu.Unlock()
+	s.splice()
+	if s.closing.Load() {
+		s.closedBy = "proxy"
+	}
+	s.logEnd()
+}
+
+func (s *session) logEnd() {
+	fields := []zap.Field{
+		zap.Duration("duration", time.Since(s.start)),
+		zap.Int64("bytes_client_to_backend", s.c2b),
+		zap.Int64("bytes_backend_to_client", s.b2c),
+		zap.String("closed_by", s.closedBy),
+	}
+	if s.user != "" {
+		fields = append(fields, zap.String("user", s.user), zap.String("shard", s.shard),
+			zap.String("backend", s.backend))
+	}
+	if s.endErr != nil {
+		fields = append(fields, zap.Error(s.endErr))
+	}
+	s.log.Info("session end", fields...)
+}
