@@ -10,9 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/imapgate/imapgate/deploy/memdemo"
 	"github.com/imapgate/imapgate/routing"
 	"github.com/imapgate/imapgate/tlsconf"
 	"go.uber.org/zap"
@@ -22,64 +20,31 @@ import (
 // Test harness: real in-process IMAP backends (go-imap's imapmemserver), a real proxy on
 // loopback, and a transcript client that reads and writes raw protocol lines.
 
-// memBackend is one imapmemserver shard on 127.0.0.1:0.
+// memBackend is one imapmemserver shard on 127.0.0.1:0 (see package memdemo).
 type memBackend struct {
-	addr string
-	srv  *imapserver.Server
-	mem  *imapmemserver.Server
+	addr  string
+	shard *memdemo.Shard
 }
 
 // startMemBackend starts an in-process IMAP server with the given users (name → password),
-// each with an INBOX holding one message.
-func startMemBackend(t testing.TB, users map[string]string) *memBackend {
+// each with an INBOX holding three sample messages.
+func startMemBackend(t testing.TB, users map[string]string, opts ...func(*memdemo.ShardOptions)) *memBackend {
 	t.Helper()
-	mem := imapmemserver.New()
-	for name, pass := range users {
-		u := imapmemserver.NewUser(name, pass)
-		if err := u.Create("INBOX", nil); err != nil {
-			t.Fatal(err)
-		}
-		msg := fmt.Sprintf("From: demo@example.com\r\nTo: %s\r\nSubject: hello %s\r\n\r\nHello %s.\r\n", name, name, name)
-		if _, err := u.Append("INBOX", literal(msg), &imap.AppendOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		mem.AddUser(u)
+	so := memdemo.ShardOptions{Users: users, Messages: 3, Logger: testLogger{t}}
+	for _, f := range opts {
+		f(&so)
 	}
-	srv := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return mem.NewSession(), nil, nil
-		},
-		Caps: imap.CapSet{
-			imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}, imap.CapIdle: {},
-			imap.CapLiteralPlus: {}, imap.CapSASLIR: {}, imap.CapID: {},
-		},
-		InsecureAuth: true,
-		Logger:       testLogger{t},
-	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	sh, err := memdemo.StartShardWith(context.Background(), so)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return &memBackend{addr: ln.Addr().String(), srv: srv, mem: mem}
+	t.Cleanup(func() { sh.Close() })
+	return &memBackend{addr: sh.Addr, shard: sh}
 }
 
 type testLogger struct{ t testing.TB }
 
 func (l testLogger) Printf(format string, args ...any) { l.t.Logf("backend: "+format, args...) }
-
-// literal adapts a string to imap.LiteralReader.
-func literal(s string) imap.LiteralReader {
-	return &literalReader{Reader: strings.NewReader(s), size: int64(len(s))}
-}
-
-type literalReader struct {
-	*strings.Reader
-	size int64
-}
-
-func (l *literalReader) Size() int64 { return l.size }
 
 // routerFunc adapts a function to Router.
 type routerFunc func(ctx context.Context, req routing.Request) (routing.Decision, error)
