@@ -195,14 +195,17 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 		switch {
 		case err == nil:
 			s.user, s.mech, s.shard, s.backend, s.up = cr.user, mech, dec.Shard, be.Address, up
-			log.Info("login",
+			fields := []zap.Field{
 				zap.String("backend", be.Address),
 				zap.String("route", dec.Reason),
 				zap.String("upstream_mechanism", res.mech),
 				zap.Bool("client_tls", s.clientTLS),
 				zap.Bool("backend_tls", up.tls),
-				zap.Strings("client_id", s.clientID),
-			)
+			}
+			if s.clientID != nil {
+				fields = append(fields, zap.Strings("client_id", s.clientID))
+			}
+			log.Info("login", fields...)
 			if err := s.handoff(tag, res); err != nil {
 				s.endErr = err
 				return hangUp, nil

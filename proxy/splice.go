@@ -22,10 +22,10 @@ const copyBufSize = 16 << 10
 
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// halfCloseLinger is how long the other direction may go on after one side has closed its
-// sending half. IMAP has no use for a long half-open connection: a backend answers
-// LOGOUT and closes, a client that sent its last bytes and closed its half gets the replies
-// in that time. Past it both connections are closed.
+// halfCloseLinger is how long the backend may go on sending after the client has closed its
+// sending half. IMAP has no use for a long half-open connection: a client that sent its last
+// bytes (LOGOUT) and closed its half gets the replies in that time. Past it both connections
+// are closed.
 const halfCloseLinger = 5 * time.Second
 
 // splice copies client→backend and backend→client until both end, then closes both
@@ -61,8 +61,14 @@ func (s *session) splice() {
 			closeAll()
 			return
 		}
-		// EOF: pass the half-close on, and give the other direction a little while.
+		// EOF: pass the half-close on. When the backend has closed, nothing the client
+		// sends can be answered any more: end now. When the client has closed its half,
+		// the backend may still answer what it sent last (LOGOUT): give it a little while.
 		closeWrite(dst)
+		if from == "backend" {
+			closeAll()
+			return
+		}
 		if timer == nil {
 			timer = time.AfterFunc(halfCloseLinger, closeAll)
 		}
