@@ -39,13 +39,31 @@ func twoShards(t *testing.T, lo ListenerOptions) (*testProxy, map[string]string)
 	return tp, map[string]string{"a": a.addr, "b": b.addr}
 }
 
+// tclient is an imapclient with the EXISTS counts the server pushed (RFC 9051 section
+// 7.4.1), so a test can wait for one instead of sleeping.
+type tclient struct {
+	*imapclient.Client
+	exists chan uint32
+}
+
 // dialClient connects an imapclient through the proxy, with TLS as the listener wants.
-func dialClient(t *testing.T, tp *testProxy, mode tlsconf.Mode, opts *imapclient.Options) *imapclient.Client {
+func dialClient(t *testing.T, tp *testProxy, mode tlsconf.Mode, opts *imapclient.Options) *tclient {
 	t.Helper()
 	if opts == nil {
 		opts = &imapclient.Options{}
 	}
 	opts.TLSConfig = tp.tls
+	exists := make(chan uint32, 64)
+	opts.UnilateralDataHandler = &imapclient.UnilateralDataHandler{
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				select {
+				case exists <- *d.NumMessages:
+				default:
+				}
+			}
+		},
+	}
 	var (
 		c   *imapclient.Client
 		err error
@@ -62,12 +80,12 @@ func dialClient(t *testing.T, tp *testProxy, mode tlsconf.Mode, opts *imapclient
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return &tclient{Client: c, exists: exists}
 }
 
 // workout runs a mail client's day in a logged-in session: SELECT, FETCH, APPEND with a
 // literal, IDLE woken by another session's APPEND, LOGOUT.
-func workout(t *testing.T, c *imapclient.Client, second func() *imapclient.Client, user string) {
+func workout(t *testing.T, c *tclient, second func() *tclient, user string) {
 	t.Helper()
 	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil {
@@ -100,6 +118,16 @@ func workout(t *testing.T, c *imapclient.Client, second func() *imapclient.Clien
 		if err := other.Logout().Wait(); err != nil {
 			t.Fatalf("LOGOUT of second session: %v", err)
 		}
+		// Wait for the server to tell us (the backend may poll: bounded wait, no sleep).
+		want := sel.NumMessages + 2
+		timeout := time.After(30 * time.Second)
+		for got := uint32(0); got < want; {
+			select {
+			case got = <-c.exists:
+			case <-timeout:
+				t.Fatalf("no EXISTS %d during IDLE", want)
+			}
+		}
 		if err := idle.Close(); err != nil {
 			t.Fatalf("DONE: %v", err)
 		}
@@ -115,7 +143,7 @@ func workout(t *testing.T, c *imapclient.Client, second func() *imapclient.Clien
 	}
 }
 
-func appendMessage(t *testing.T, c *imapclient.Client, msg string) {
+func appendMessage(t *testing.T, c *tclient, msg string) {
 	t.Helper()
 	ac := c.Append("INBOX", int64(len(msg)), nil)
 	if _, err := ac.Write([]byte(msg)); err != nil {
@@ -137,7 +165,7 @@ func TestEndToEndMemShards(t *testing.T) {
 				{"alice@example.com", "alice", "a"},
 				{"bob@example.org", "bob", "b"},
 			} {
-				login := func() *imapclient.Client {
+				login := func() *tclient {
 					c := dialClient(t, tp, mode, nil)
 					if err := c.Login(u.user, u.pass).Wait(); err != nil {
 						t.Fatalf("LOGIN %s: %v", u.user, err)

@@ -1,0 +1,321 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	"github.com/imapgate/imapgate/deploy/dovecot"
+	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
+)
+
+// End-to-end tests with real Dovecot: two instances on loopback as shards a and b
+// (passwd-file users, maildir, login_trusted_networks = 127.0.0.0/8), the real proxy in front.
+
+// dovecotShards is shards a (alice) and b (bob) on two Dovecots, the backends reached with
+// the given TLS mode.
+type dovecotShards struct {
+	a, b  *dovecot.Instance
+	table *routing.Table
+}
+
+func startDovecotShards(t *testing.T, backendTLS tlsconf.Mode) *dovecotShards {
+	var a, b *dovecot.Instance
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		a = startDovecotNoFatal(t, map[string]string{"alice@example.com": "alice-pw"})
+	}()
+	go func() { defer wg.Done(); b = startDovecotNoFatal(t, map[string]string{"bob@example.org": "bob-pw"}) }()
+	wg.Wait()
+	if a == nil || b == nil {
+		t.FailNow()
+	}
+	ds := &dovecotShards{a: a, b: b}
+	ds.table = ds.tableFor(t, backendTLS)
+	return ds
+}
+
+// startDovecotNoFatal is startDovecot for use in a goroutine (Fatal must run on the test's).
+func startDovecotNoFatal(t *testing.T, users map[string]string) *dovecot.Instance {
+	if _, ok := dovecot.Available(); !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	inst, err := dovecot.Start(ctx, dovecot.Options{Dir: t.TempDir(), Users: users})
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	t.Cleanup(func() { inst.Close() })
+	return inst
+}
+
+func (ds *dovecotShards) tableFor(t *testing.T, mode tlsconf.Mode) *routing.Table {
+	backend := func(inst *dovecot.Instance) *routing.Backend {
+		addr := inst.Addr
+		if mode == tlsconf.Implicit {
+			addr = inst.TLSAddr
+		}
+		return &routing.Backend{Address: addr, TLS: mode, ForwardClientIP: true,
+			TLSConfig: &tls.Config{RootCAs: inst.RootCAs, ServerName: inst.ServerName}}
+	}
+	table, err := routing.NewTable(routing.TableSpec{
+		Shards: []routing.ShardSpec{
+			{Name: "a", Backends: []*routing.Backend{backend(ds.a)}},
+			{Name: "b", Backends: []*routing.Backend{backend(ds.b)}},
+		},
+		Users:   map[string]string{"alice@example.com": "a"},
+		Domains: map[string]string{"example.org": "b"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return table
+}
+
+func requireDovecot(t *testing.T) {
+	if _, ok := dovecot.Available(); !ok {
+		if os.Getenv("CI") != "" {
+			t.Fatal("dovecot is not installed (deploy/test.sh installs it)")
+		}
+		t.Skip("dovecot is not installed; run deploy/test.sh")
+	}
+}
+
+// Every combination of TLS on the client side and on the backend side, LOGIN and
+// AUTHENTICATE PLAIN, each user on its own shard.
+func TestDovecotEndToEnd(t *testing.T) {
+	requireDovecot(t)
+	for _, backendTLS := range []tlsconf.Mode{tlsconf.None, tlsconf.STARTTLS, tlsconf.Implicit} {
+		t.Run("backend "+backendTLS.String(), func(t *testing.T) {
+			ds := startDovecotShards(t, backendTLS)
+			for _, clientTLS := range []tlsconf.Mode{tlsconf.None, tlsconf.STARTTLS, tlsconf.Implicit} {
+				t.Run("client "+clientTLS.String(), func(t *testing.T) {
+					tp := startProxy(t, &routing.Static{Table: ds.table},
+						ListenerOptions{Name: "l", TLS: clientTLS, AllowPlaintextAuth: clientTLS == tlsconf.None})
+					for i, u := range []struct{ user, pass, shard string }{
+						{"alice@example.com", "alice-pw", "a"},
+						{"bob@example.org", "bob-pw", "b"},
+					} {
+						login := func() *tclient {
+							c := dialClient(t, tp, clientTLS, nil)
+							var err error
+							if i == 0 {
+								err = c.Login(u.user, u.pass).Wait()
+							} else {
+								err = c.Authenticate(sasl.NewPlainClient("", u.user, u.pass))
+							}
+							if err != nil {
+								t.Fatalf("login %s: %v", u.user, err)
+							}
+							return c
+						}
+						c := login()
+						if !c.Caps().Has(imap.CapIdle) {
+							t.Errorf("after login the client does not see Dovecot's capabilities: %v", c.Caps())
+						}
+						appendMessage(t, c, "Subject: seed\r\n\r\nseed\r\n")
+						workout(t, c, login, u.user)
+						for _, e := range tp.logs.FilterMessage("login").All() {
+							if m := e.ContextMap(); m["user"] == u.user && m["shard"] != u.shard {
+								t.Errorf("%s landed on shard %v, want %s", u.user, m["shard"], u.shard)
+							}
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestDovecotWrongPassword(t *testing.T) {
+	requireDovecot(t)
+	ds := startDovecotShards(t, tlsconf.None)
+	tp := startProxy(t, &routing.Static{Table: ds.table}, ListenerOptions{AllowPlaintextAuth: true})
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("a1 LOGIN alice@example.com wrong\r\n")
+	c.expect("a1 NO [AUTHENTICATIONFAILED] Authentication failed.")
+	c.send("a2 LOGIN alice@example.com alice-pw\r\n")
+	c.expect("a2 OK [CAPABILITY IMAP4rev1 …")
+}
+
+// Dovecot must log the client's address, forwarded through ID, not the proxy's. The client
+// connects from 127.0.0.2 (still loopback) while the proxy dials Dovecot from 127.0.0.1.
+func TestDovecotSeesClientAddress(t *testing.T) {
+	requireDovecot(t)
+	ds := startDovecotShards(t, tlsconf.None)
+	tp := startProxy(t, &routing.Static{Table: ds.table}, ListenerOptions{AllowPlaintextAuth: true})
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	conn, err := d.Dial("tcp", tp.addr)
+	if err != nil {
+		t.Skipf("cannot dial from 127.0.0.2: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := newTranscript(t, conn)
+	c.expect(greetPlainAllowed)
+	c.send("a1 LOGIN alice@example.com alice-pw\r\n")
+	c.expect("a1 OK …")
+	c.send("a2 LOGOUT\r\n")
+	c.expect("* BYE …")
+	c.expect("a2 OK …")
+	session := tp.waitLog(t, "login").ContextMap()["session"].(string)
+	port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
+
+	log, err := ds.a.Log()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "Login: user=<alice@example.com>") {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatalf("no login line in Dovecot's log:\n%s", log)
+	}
+	for _, want := range []string{"rip=127.0.0.2", "rport=" + port, "session=<" + session + ">"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("Dovecot's login line lacks %q:\n%s", want, line)
+		}
+	}
+}
+
+// A 10 MB message appended through the proxy comes back byte for byte, with TLS on the client
+// side (the copy loop with a buffer) and without (splice).
+func TestDovecotLargeMessage(t *testing.T) {
+	requireDovecot(t)
+	ds := startDovecotShards(t, tlsconf.None)
+	msg := largeMessage(t, 10<<20)
+	for _, clientTLS := range []tlsconf.Mode{tlsconf.None, tlsconf.Implicit} {
+		t.Run("client "+clientTLS.String(), func(t *testing.T) {
+			tp := startProxy(t, &routing.Static{Table: ds.table},
+				ListenerOptions{TLS: clientTLS, AllowPlaintextAuth: true})
+			c := dialClient(t, tp, clientTLS, nil)
+			if err := c.Login("bob@example.org", "bob-pw").Wait(); err != nil {
+				t.Fatal(err)
+			}
+			appendMessage(t, c, string(msg))
+			sel, err := c.Select("INBOX", nil).Wait()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.Fetch(imap.SeqSetNum(sel.NumMessages), &imap.FetchOptions{
+				BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+			}).Collect()
+			if err != nil || len(got) != 1 {
+				t.Fatalf("FETCH: %v", err)
+			}
+			if body := got[0].BodySection[0].Bytes; !bytes.Equal(body, msg) {
+				t.Fatalf("fetched %d bytes, not the %d appended (first difference at %d)",
+					len(body), len(msg), firstDiff(body, msg))
+			}
+			if err := c.Logout().Wait(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// largeMessage makes an RFC 5322 message of about size bytes: base64 lines of random data.
+func largeMessage(t *testing.T, size int) []byte {
+	raw := make([]byte, size*3/4)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	b.WriteString("From: big@example.net\r\nTo: bob@example.org\r\nSubject: ten megabytes\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\n")
+	enc := make([]byte, 76)
+	for i := 0; i+57 <= len(raw); i += 57 {
+		base64.StdEncoding.Encode(enc, raw[i:i+57])
+		b.Write(enc)
+		b.WriteString("\r\n")
+	}
+	return b.Bytes()
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// 200 concurrent sessions through the proxy to Dovecot, each logging in, selecting and
+// logging out, all at once (bounded in count and by the test's deadline).
+func TestDovecotConcurrentSessions(t *testing.T) {
+	requireDovecot(t)
+	ds := startDovecotShards(t, tlsconf.None)
+	tp := startProxy(t, &routing.Static{Table: ds.table}, ListenerOptions{AllowPlaintextAuth: true})
+	const n = 200
+	var (
+		wg      sync.WaitGroup
+		ready   sync.WaitGroup
+		release = make(chan struct{})
+		errs    = make(chan error, n)
+	)
+	ready.Add(n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user, pass := "alice@example.com", "alice-pw"
+			if i%2 == 1 {
+				user, pass = "bob@example.org", "bob-pw"
+			}
+			c, err := imapclient.DialInsecure(tp.addr, &imapclient.Options{
+				Dialer: &net.Dialer{Timeout: 30 * time.Second}})
+			if err != nil {
+				ready.Done()
+				errs <- err
+				return
+			}
+			defer c.Close()
+			err = c.Login(user, pass).Wait()
+			if err == nil {
+				_, err = c.Select("INBOX", nil).Wait()
+			}
+			ready.Done()
+			if err != nil {
+				errs <- fmt.Errorf("session %d: %w", i, err)
+				return
+			}
+			<-release // all n sessions are logged in at the same time here
+			if err := c.Noop().Wait(); err != nil {
+				errs <- fmt.Errorf("session %d NOOP: %w", i, err)
+				return
+			}
+			if err := c.Logout().Wait(); err != nil {
+				errs <- fmt.Errorf("session %d LOGOUT: %w", i, err)
+			}
+		}()
+	}
+	ready.Wait()
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
