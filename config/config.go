@@ -12,7 +12,7 @@ import (
 // built by hand should be checked with Validate before the builders are used. Treat a Config
 // as read-only once it is in use: the builders read it and other goroutines may too.
 //
-// Each field's YAML name is in its tag; REFERENCE.md in this directory documents them all.
+// Each field's YAML name is in its tag; the repository's README.md documents them all.
 type Config struct {
 	// ListenerConfigs are the client-facing listeners (YAML "listeners"); at least one.
 	ListenerConfigs []ListenerConfig `yaml:"listeners"`

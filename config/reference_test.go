@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-// TestReference keeps REFERENCE.md honest: every field of the configuration is documented
+// TestReference keeps README.md honest: every field of the configuration is documented
 // there, and every YAML example in it parses.
 func TestReference(t *testing.T) {
-	data, err := os.ReadFile("REFERENCE.md")
+	data, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +23,7 @@ func TestReference(t *testing.T) {
 		for _, name := range names {
 			p := joinPath(path, name)
 			if !strings.Contains(ref, "`"+name+"`") {
-				t.Errorf("REFERENCE.md does not document %s", p)
+				t.Errorf("README.md does not document %s", p)
 			}
 			ft := fields[name].Type
 			if ft.Kind() == reflect.Slice {
@@ -38,10 +38,10 @@ func TestReference(t *testing.T) {
 
 	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(ref, -1)
 	if len(blocks) == 0 {
-		t.Fatal("no yaml example in REFERENCE.md")
+		t.Fatal("no yaml example in README.md")
 	}
 	for _, b := range blocks {
-		if _, err := Parse("REFERENCE.md", []byte(b[1])); err != nil {
+		if _, err := Parse("README.md", []byte(b[1])); err != nil {
 			t.Errorf("example does not parse: %v\n%s", err, b[1])
 		}
 	}
