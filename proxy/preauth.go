@@ -289,8 +289,7 @@ func (s *session) cmdStartTLS(cmd *command) (preauthResult, error) {
 		return hangUp, err
 	}
 	buffered, _ := s.br.Peek(s.br.Buffered())
-	pc := &prefixConn{Conn: s.raw, prefix: append([]byte(nil), buffered...)}
-	if err := s.startClientTLS(pc); err != nil {
+	if err := s.startClientTLS(append([]byte(nil), buffered...)); err != nil {
 		s.endErr = fmt.Errorf("client TLS handshake: %w", err)
 		return hangUp, nil
 	}

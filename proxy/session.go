@@ -35,6 +35,7 @@ type session struct {
 
 	raw       net.Conn // the accepted connection
 	conn      net.Conn // raw, or the *tls.Conn over it
+	nb        *nbConn  // under the *tls.Conn, when the client uses TLS
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	reader    *commandReader
@@ -109,13 +110,20 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-// startClientTLS runs the server side of a TLS handshake on conn (the raw connection, or a
-// prefixConn after STARTTLS) under the pre-auth timeout.
-func (s *session) startClientTLS(conn net.Conn) error {
+// startClientTLS runs the server side of a TLS handshake on the raw connection under the
+// pre-auth timeout. prefix holds bytes already read past a STARTTLS command: they belong to
+// the handshake.
+func (s *session) startClientTLS(prefix []byte) error {
 	if s.lo.TLSConfig == nil {
 		return errors.New("listener has no TLS certificate")
 	}
-	tc := tls.Server(conn, s.lo.TLSConfig)
+	var under net.Conn = s.raw
+	if nb := newNBConn(s.raw, prefix); nb != nil {
+		s.nb, under = nb, nb
+	} else if len(prefix) > 0 {
+		under = &prefixConn{Conn: s.raw, prefix: prefix}
+	}
+	tc := tls.Server(under, s.lo.TLSConfig)
 	_ = s.raw.SetDeadline(time.Now().Add(s.lo.preauthTimeout()))
 	ctx, cancel := context.WithTimeout(s.ctx, s.lo.preauthTimeout())
 	defer cancel()
@@ -321,7 +329,7 @@ func (s *session) run() {
 	defer s.cancel()
 	defer s.raw.Close()
 	if s.lo.TLS == tlsconf.Implicit {
-		if err := s.startClientTLS(s.raw); err != nil {
+		if err := s.startClientTLS(nil); err != nil {
 			s.endErr = err
 			s.closedBy = "client"
 			s.logEnd()

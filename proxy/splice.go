@@ -31,7 +31,8 @@ const halfCloseLinger = 5 * time.Second
 // splice copies client→backend and backend→client until both end, then closes both
 // connections. It records byte counts, who closed first and the first real error.
 func (s *session) splice() {
-	client, backend := s.conn, s.up.conn
+	client := makeEndpoint(s.raw, s.conn, s.nb)
+	backend := makeEndpoint(s.up.raw, s.up.conn, s.up.nb)
 	var (
 		wg       sync.WaitGroup
 		once     sync.Once
@@ -45,7 +46,7 @@ func (s *session) splice() {
 		firstEnd string
 		timer    *time.Timer
 	)
-	direction := func(dst, src net.Conn, n *int64, from string) {
+	direction := func(dst, src *endpoint, n *int64, from string) {
 		defer wg.Done()
 		copied, err := copyConn(dst, src)
 		*n += copied
@@ -64,7 +65,7 @@ func (s *session) splice() {
 		// EOF: pass the half-close on. When the backend has closed, nothing the client
 		// sends can be answered any more: end now. When the client has closed its half,
 		// the backend may still answer what it sent last (LOGOUT): give it a little while.
-		closeWrite(dst)
+		closeWrite(dst.conn)
 		if from == "backend" {
 			closeAll()
 			return
@@ -84,18 +85,131 @@ func (s *session) splice() {
 	s.closedBy = firstEnd
 }
 
-// copyConn copies src to dst until EOF or an error. A nil error means src reached EOF.
-// Between two *net.TCPConn it is io.Copy, which Linux turns into splice(2).
-func copyConn(dst, src net.Conn) (int64, error) {
-	if _, ok := dst.(*net.TCPConn); ok {
-		if _, ok := src.(*net.TCPConn); ok {
-			return io.Copy(dst, src)
+// endpoint is one side of a spliced session.
+type endpoint struct {
+	conn net.Conn        // what bytes are read from and written to: the socket or the *tls.Conn
+	rc   syscall.RawConn // the socket; nil when it is not one (then copies block, as io.Copy)
+	nb   *nbConn         // under conn when conn is TLS over a socket
+	tls  bool
+}
+
+func makeEndpoint(raw, conn net.Conn, nb *nbConn) *endpoint {
+	e := &endpoint{conn: conn, nb: nb}
+	_, e.tls = conn.(*tls.Conn)
+	if sc, ok := raw.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			e.rc = rc
 		}
 	}
+	if e.tls && nb == nil {
+		e.rc = nil // TLS we cannot read without blocking: fall back to a blocking copy
+	}
+	if nb != nil {
+		nb.nonblocking.Store(true)
+	}
+	return e
+}
+
+// read reads what src has now without blocking: (0, errWouldBlock) when nothing.
+func (e *endpoint) read(b []byte) (int, error) {
+	if e.tls {
+		return e.conn.Read(b) // crypto/tls over nbConn: decrypts buffered records first
+	}
+	return readNonblock(e.rc, b)
+}
+
+// copyConn copies src to dst until EOF (nil error) or an error. While src has nothing to
+// read, it holds no buffer and no pipe: it waits in the poller.
+func copyConn(dst, src *endpoint) (int64, error) {
+	switch {
+	case src.rc == nil || dst.rc == nil:
+		return copyBlocking(dst.conn, src.conn)
+	case !src.tls && !dst.tls:
+		return copySplice(dst, src)
+	}
+	return copyBuffered(dst, src)
+}
+
+// copySplice moves bytes socket to socket with splice(2) through a pipe taken from the pool
+// when src becomes readable and given back as soon as src is drained.
+func copySplice(dst, src *endpoint) (int64, error) {
+	var total int64
+	for {
+		if err := waitReadable(src.rc); err != nil {
+			return total, err
+		}
+		p, err := getPipe()
+		if err != nil {
+			return total, err
+		}
+		for {
+			n, err := spliceIn(src.rc, p)
+			if err == errWouldBlock {
+				break
+			}
+			if err != nil {
+				p.close()
+				return total, err
+			}
+			if n == 0 {
+				putPipe(p)
+				return total, nil // EOF
+			}
+			if err := spliceOut(dst.rc, p, n); err != nil {
+				p.close() // may still hold data: never pooled
+				return total, err
+			}
+			total += int64(n)
+		}
+		putPipe(p)
+	}
+}
+
+// copyBuffered copies through a 16 KiB buffer (one TLS record) taken from a pool while src
+// has bytes and given back before waiting. A *tls.Conn may hold decrypted or raw bytes the
+// socket no longer shows, so the socket is only waited on after a read said "would block".
+func copyBuffered(dst, src *endpoint) (int64, error) {
+	var (
+		total int64
+		bp    *[]byte
+	)
+	defer func() {
+		if bp != nil {
+			copyBufPool.Put(bp)
+		}
+	}()
+	for {
+		if bp == nil {
+			bp = copyBufPool.Get().(*[]byte)
+		}
+		n, err := src.read(*bp)
+		if n > 0 {
+			if _, werr := dst.conn.Write((*bp)[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+		}
+		switch {
+		case err == nil:
+		case err == errWouldBlock:
+			copyBufPool.Put(bp)
+			bp = nil
+			if err := waitReadable(src.rc); err != nil {
+				return total, err
+			}
+		case err == io.EOF:
+			return total, nil
+		default:
+			return total, err
+		}
+	}
+}
+
+// copyBlocking is the fallback for connections that are not sockets.
+func copyBlocking(dst, src net.Conn) (int64, error) {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
-	// Hide ReaderFrom/WriterTo so the buffer is really used (io.CopyBuffer would otherwise
-	// hand the copy to (*net.TCPConn).ReadFrom with its own 32 KiB buffer).
+	// Hide ReaderFrom/WriterTo so the buffer is really used.
 	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 }
 

@@ -33,6 +33,7 @@ type upstream struct {
 	backend *routing.Backend
 	raw     net.Conn // the TCP connection
 	conn    net.Conn // raw, or the *tls.Conn over it
+	nb      *nbConn  // under the *tls.Conn, when TLS is used
 	br      *bufio.Reader
 	caps    capSet
 	tagSeq  int
@@ -117,7 +118,11 @@ func (u *upstream) tlsConfig() *tls.Config {
 }
 
 func (u *upstream) handshake(ctx context.Context) error {
-	tc := tls.Client(u.raw, u.tlsConfig())
+	var under net.Conn = u.raw
+	if nb := newNBConn(u.raw, nil); nb != nil {
+		u.nb, under = nb, nb
+	}
+	tc := tls.Client(under, u.tlsConfig())
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return u.unavailable(fmt.Errorf("TLS handshake: %w", err))
 	}

@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
+)
+
+// tcpPair returns two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		ch <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-ch
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// trickle writes every byte in its own write, so the reader sees partial TLS records.
+type trickle struct{ net.Conn }
+
+func (t trickle) Write(b []byte) (int, error) {
+	for i := range b {
+		if _, err := t.Conn.Write(b[i : i+1]); err != nil {
+			return i, err
+		}
+	}
+	return len(b), nil
+}
+
+// crypto/tls must treat errWouldBlock from the connection under it as temporary: keep the
+// partial record and go on at the next Read. The non-blocking TLS copy relies on it.
+func TestTLSReadResumesAfterWouldBlock(t *testing.T) {
+	cfg, pem, err := tlsconf.SelfSigned("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, _ := tlsconf.CertPool(pem)
+	cc, sc := tcpPair(t)
+	nb := newNBConn(sc, nil)
+	server := tls.Server(nb, cfg)
+	client := tls.Client(trickle{cc}, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	want := make([]byte, 40<<10)
+	rand.Read(want)
+	go func() {
+		if err := client.Handshake(); err != nil {
+			return
+		}
+		client.Write(want) // several records, written a byte at a time
+		client.Close()
+	}()
+	if err := server.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	nb.nonblocking.Store(true)
+	src := &endpoint{conn: server, rc: nb.rc, nb: nb, tls: true}
+	var got bytes.Buffer
+	buf := make([]byte, 4096)
+	wouldBlocks := 0
+	for {
+		n, err := src.read(buf)
+		got.Write(buf[:n])
+		if err == errWouldBlock {
+			wouldBlocks++
+			if err := waitReadable(nb.rc); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("got %d bytes, want %d identical", got.Len(), len(want))
+	}
+	if wouldBlocks == 0 {
+		t.Fatal("the reader never saw a partial record: the test proved nothing")
+	}
+}
+
+// copyRig is sender → [src | copyConn | dst] → receiver over loopback TCP, with TLS on
+// either proxy-facing side as asked.
+type copyRig struct {
+	sender, receiver net.Conn
+	src, dst         *endpoint
+}
+
+func newCopyRig(t testing.TB, srcTLS, dstTLS bool) *copyRig {
+	t.Helper()
+	cfg, pem, err := tlsconf.SelfSigned("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, _ := tlsconf.CertPool(pem)
+	sender, srcSock := tcpPair(t)
+	dstSock, receiver := tcpPair(t)
+	r := &copyRig{sender: sender, receiver: receiver}
+	handshake := func(serverSide *net.TCPConn, clientSide net.Conn) (net.Conn, *endpoint) {
+		nb := newNBConn(serverSide, nil)
+		srv := tls.Server(nb, cfg)
+		cli := tls.Client(clientSide, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+		errc := make(chan error, 1)
+		go func() { errc <- cli.Handshake() }()
+		if err := srv.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		return cli, makeEndpoint(serverSide, srv, nb)
+	}
+	if srcTLS {
+		r.sender, r.src = handshake(srcSock, sender)
+	} else {
+		r.src = makeEndpoint(srcSock, srcSock, nil)
+	}
+	if dstTLS {
+		r.receiver, r.dst = handshake(dstSock, receiver)
+	} else {
+		r.dst = makeEndpoint(dstSock, dstSock, nil)
+	}
+	return r
+}
+
+// run sends data through the rig and returns what arrived (if keep) and copyConn's result.
+func (r *copyRig) run(data []byte, keep bool) (got []byte, n int64, err error) {
+	go func() {
+		r.sender.Write(data)
+		closeWrite(r.sender)
+	}()
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := copyConn(r.dst, r.src)
+		closeWrite(r.dst.conn)
+		done <- result{n, err}
+	}()
+	var rerr error
+	if keep {
+		got, rerr = io.ReadAll(r.receiver)
+	} else {
+		buf := make([]byte, 256<<10)
+		for rerr == nil {
+			_, rerr = r.receiver.Read(buf)
+		}
+		if rerr == io.EOF {
+			rerr = nil
+		}
+	}
+	res := <-done
+	if rerr != nil && res.err == nil {
+		res.err = rerr
+	}
+	return got, res.n, res.err
+}
+
+var copyModes = []struct {
+	name           string
+	srcTLS, dstTLS bool
+}{{"splice", false, false}, {"tls to plain", true, false}, {"plain to tls", false, true}}
+
+// Bulk data through each copy loop arrives intact, and EOF is passed on.
+func TestCopyConnBulk(t *testing.T) {
+	want := make([]byte, 24<<20)
+	rand.Read(want)
+	for _, tc := range copyModes {
+		t.Run(tc.name, func(t *testing.T) {
+			got, n, err := newCopyRig(t, tc.srcTLS, tc.dstTLS).run(want, true)
+			if err != nil || n != int64(len(want)) {
+				t.Fatalf("copyConn = %d, %v", n, err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("received %d bytes, not the %d sent", len(got), len(want))
+			}
+		})
+	}
+}
+
+// An idle spliced session holds its four sockets (client, proxy's two, backend in this one
+// process) and no pipe. io.Copy would hold two more pipes (four fds) per session.
+func TestIdleSessionHoldsNoPipe(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("no /proc")
+	}
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	for _, mode := range []tlsconf.Mode{tlsconf.None, tlsconf.Implicit} {
+		t.Run("client "+mode.String(), func(t *testing.T) {
+			tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
+				ListenerOptions{TLS: mode, AllowPlaintextAuth: true})
+			fds := func() int {
+				ents, _ := os.ReadDir("/proc/self/fd")
+				return len(ents)
+			}
+			before := fds()
+			const n = 20
+			for range n {
+				var conn net.Conn
+				var err error
+				if mode == tlsconf.Implicit {
+					conn, err = tls.Dial("tcp", tp.addr, tp.tls)
+				} else {
+					conn, err = net.Dial("tcp", tp.addr)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				c := newTranscript(t, conn)
+				c.expect("* OK …")
+				c.send("a1 LOGIN alice@example.com alice\r\na2 SELECT INBOX\r\n")
+				c.expect("a1 OK …")
+				for !strings.HasPrefix(c.line(), "a2 OK") {
+				}
+			}
+			per := float64(fds()-before) / n
+			if per > 4.5 {
+				t.Fatalf("%.1f fds per idle session, want 4 (sockets only)", per)
+			}
+		})
+	}
+}
