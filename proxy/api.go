@@ -53,4 +53,66 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// LoginTimeout bounds the whole upstream login conversation. Zero means 15 s.
 	LoginTimeout time.Duration
+	// Metrics receives counts and timings of the data path. Nil means none are kept.
+	Metrics Metrics
+}
+
+// Metrics receives events from the data path, to be turned into Prometheus metrics (package
+// admin) or anything else. Every method must be cheap and safe for concurrent use; label
+// values passed in come from a bounded set (listener, shard and backend names from the
+// configuration, fixed result and command names), never from what a client sent.
+type Metrics interface {
+	// ConnOpened and ConnClosed bracket every accepted client connection.
+	ConnOpened(listener string)
+	ConnClosed(listener string)
+	// Login reports a login attempt's outcome: result is one of "ok", "auth_failed",
+	// "unavailable", "error", "aborted"; mechanism "LOGIN" or "PLAIN"; d runs from accept to
+	// the end of the attempt.
+	Login(result, mechanism string, d time.Duration)
+	// UpstreamConnect reports the time to dial a backend of shard and get its greeting
+	// (TLS included), successful or not.
+	UpstreamConnect(shard string, d time.Duration)
+	// SessionStarted and SessionEnded bracket the logged-in part of a session.
+	SessionStarted(shard, backend string)
+	SessionEnded(shard, backend string, d time.Duration)
+	// Bytes reports bytes moved after login: direction is "client_to_backend" or
+	// "backend_to_client". Called once per chunk copied.
+	Bytes(direction string, n int64)
+	// Command reports one completed IMAP command seen by the traffic observer: name is
+	// upper-case from a fixed list or "other".
+	Command(name string, d time.Duration)
+	// Idle reports a session entering (+1) or leaving (-1) IDLE.
+	Idle(delta int)
+}
+
+// nopMetrics is the Metrics used when Options.Metrics is nil.
+type nopMetrics struct{}
+
+func (nopMetrics) ConnOpened(string)                          {}
+func (nopMetrics) ConnClosed(string)                          {}
+func (nopMetrics) Login(string, string, time.Duration)        {}
+func (nopMetrics) UpstreamConnect(string, time.Duration)      {}
+func (nopMetrics) SessionStarted(string, string)              {}
+func (nopMetrics) SessionEnded(string, string, time.Duration) {}
+func (nopMetrics) Bytes(string, int64)                        {}
+func (nopMetrics) Command(string, time.Duration)              {}
+func (nopMetrics) Idle(int)                                   {}
+
+// SessionInfo describes one live session, for the admin API.
+type SessionInfo struct {
+	ID       string    `json:"id"`
+	Listener string    `json:"listener"`
+	Client   string    `json:"client"`
+	Start    time.Time `json:"start"`
+	// LoggedIn is false while the session is before login (User and below are empty).
+	LoggedIn bool   `json:"logged_in"`
+	User     string `json:"user,omitempty"`
+	Shard    string `json:"shard,omitempty"`
+	Backend  string `json:"backend,omitempty"`
+	// Bytes moved after login, live.
+	BytesClientToBackend int64 `json:"bytes_client_to_backend"`
+	BytesBackendToClient int64 `json:"bytes_backend_to_client"`
+	// Idle and Command come from the traffic observer (false and "" without it).
+	Idle    bool   `json:"idle"`
+	Command string `json:"command,omitempty"`
 }

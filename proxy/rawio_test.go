@@ -161,7 +161,7 @@ func (r *copyRig) run(data []byte, keep bool) (got []byte, n int64, err error) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := copyConn(r.dst, r.src)
+		n, err := copyConn(r.dst, r.src, nil, nil, "")
 		closeWrite(r.dst.conn)
 		done <- result{n, err}
 	}()

@@ -17,14 +17,16 @@ import (
 // Each accepted connection is owned by its session goroutine, which closes it; the backend
 // connection is owned by the same goroutine once dialed.
 type Server struct {
-	opts Options
-	log  *zap.Logger
+	opts    Options
+	log     *zap.Logger
+	metrics Metrics
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{} // the session registry: shutdown now, kick and the admin API later
 	closed    bool
 	wg        sync.WaitGroup
+	traces    traceSet
 }
 
 // New returns a Server. It starts nothing until Serve is called.
@@ -33,9 +35,14 @@ func New(opts Options) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	m := opts.Metrics
+	if m == nil {
+		m = nopMetrics{}
+	}
 	return &Server{
 		opts:      opts,
 		log:       log,
+		metrics:   m,
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session]struct{}),
 	}
@@ -130,6 +137,7 @@ func (s *Server) startSession(conn net.Conn, lo *ListenerOptions) {
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
+	s.metrics.ConnOpened(lo.Name)
 	go s.handle(sess)
 }
 
@@ -140,6 +148,7 @@ func (s *Server) handle(sess *session) {
 		s.mu.Lock()
 		delete(s.sessions, sess)
 		s.mu.Unlock()
+		s.metrics.ConnClosed(sess.lo.Name)
 	}()
 	sess.run()
 }

@@ -49,14 +49,16 @@ type session struct {
 	backend string
 	up      *upstream
 
-	mu      sync.Mutex // guards spliced against interrupt
-	spliced bool
-	closing atomic.Bool
+	mu       sync.Mutex // guards spliced, the login fields and observer against other goroutines
+	spliced  bool
+	observer *trafficObserver // the traffic observer after login, or nil
+	closing  atomic.Bool
+	kicked   atomic.Bool
 
 	// The end of the session, for the log.
 	closedBy string // "client", "backend" or "proxy"
 	endErr   error
-	c2b, b2c int64
+	c2b, b2c atomic.Int64
 }
 
 // authenticatedCommands are commands of later states (RFC 9051 section 6.3 and 6.4 and
@@ -184,8 +186,10 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 		Local:     addrPort(s.raw.LocalAddr()),
 		SessionID: s.id,
 	}
+	m := s.srv.metrics
 	dec, err := s.srv.opts.Router.Route(ctx, req)
 	if err != nil {
+		m.Login("unavailable", mech, time.Since(s.start))
 		log.Warn("login failed", zap.String("reason", "unavailable"), zap.Error(err))
 		s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
 		return stay, nil
@@ -202,7 +206,9 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 		var af *authFailedError
 		switch {
 		case err == nil:
+			s.mu.Lock()
 			s.user, s.mech, s.shard, s.backend, s.up = cr.user, mech, dec.Shard, be.Address, up
+			s.mu.Unlock()
 			fields := []zap.Field{
 				zap.String("backend", be.Address),
 				zap.String("route", dec.Reason),
@@ -214,6 +220,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 				fields = append(fields, zap.Strings("client_id", s.clientID))
 			}
 			log.Info("login", fields...)
+			m.Login("ok", mech, time.Since(s.start))
 			if err := s.handoff(tag, res); err != nil {
 				s.endErr = err
 				return hangUp, nil
@@ -222,6 +229,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 		case errors.As(err, &af):
 			log.Info("login failed", zap.String("backend", be.Address),
 				zap.String("reason", "auth_failed"), zap.Error(err))
+			m.Login("auth_failed", mech, time.Since(s.start))
 			if af.code == "UNAVAILABLE" {
 				s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
 			} else {
@@ -237,7 +245,14 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	}
 	log.Warn("login failed", zap.String("reason", "unavailable"), zap.Error(lastErr))
 	if s.closing.Load() {
+		m.Login("aborted", mech, time.Since(s.start))
 		return hangUp, errors.New("server shutting down")
+	}
+	var pe *backendProtocolError
+	if errors.As(lastErr, &pe) {
+		m.Login("error", mech, time.Since(s.start))
+	} else {
+		m.Login("unavailable", mech, time.Since(s.start))
 	}
 	s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
 	return stay, nil
@@ -245,7 +260,9 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 
 // loginUpstream dials one backend and logs in there.
 func (s *session) loginUpstream(ctx context.Context, be *routing.Backend, ci clientInfo, cr credentials) (*upstream, *loginResult, error) {
+	t0 := time.Now()
 	up, err := dialUpstream(ctx, be, s.srv.connectTimeout())
+	s.srv.metrics.UpstreamConnect(be.Shard, time.Since(t0))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -289,7 +306,7 @@ func (s *session) handoff(tag string, res *loginResult) error {
 	if n := s.up.br.Buffered(); n > 0 {
 		ahead, _ := s.up.br.Peek(n)
 		s.bw.Write(ahead)
-		s.b2c += int64(n)
+		s.b2c.Add(int64(n))
 	}
 	if err := s.flush(); err != nil {
 		return err
@@ -299,7 +316,7 @@ func (s *session) handoff(tag string, res *loginResult) error {
 		if _, err := s.up.conn.Write(ahead); err != nil {
 			return err
 		}
-		s.c2b += int64(n)
+		s.c2b.Add(int64(n))
 	}
 	_ = s.raw.SetDeadline(time.Time{})
 	// The bufio readers and writers are dropped here: from now on bytes go straight
@@ -309,8 +326,8 @@ func (s *session) handoff(tag string, res *loginResult) error {
 	return nil
 }
 
-// interrupt ends the session from another goroutine (server shutdown, later kick): before
-// login the session loop says BYE; after handoff both connections are closed.
+// interrupt ends the session from another goroutine (server shutdown, kick): before login
+// the session loop says BYE; after handoff both connections are closed.
 func (s *session) interrupt() {
 	s.closing.Store(true)
 	s.cancel()
@@ -322,6 +339,12 @@ func (s *session) interrupt() {
 		return
 	}
 	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
+}
+
+// kick ends a logged-in session on an operator's request (Server.Kick).
+func (s *session) kick() {
+	s.kicked.Store(true)
+	s.interrupt()
 }
 
 // run is the whole life of the session. It closes everything it opened.
@@ -355,9 +378,15 @@ func (s *session) run() {
 	}
 	s.spliced = true
 	s.mu.Unlock()
+	s.srv.metrics.SessionStarted(s.shard, s.backend)
+	spliceStart := time.Now()
 	s.splice()
+	s.srv.metrics.SessionEnded(s.shard, s.backend, time.Since(spliceStart))
 	if s.closing.Load() {
 		s.closedBy = "proxy"
+	}
+	if s.kicked.Load() {
+		s.closedBy = "kick"
 	}
 	s.logEnd()
 }
@@ -365,8 +394,8 @@ func (s *session) run() {
 func (s *session) logEnd() {
 	fields := []zap.Field{
 		zap.Duration("duration", time.Since(s.start)),
-		zap.Int64("bytes_client_to_backend", s.c2b),
-		zap.Int64("bytes_backend_to_client", s.b2c),
+		zap.Int64("bytes_client_to_backend", s.c2b.Load()),
+		zap.Int64("bytes_backend_to_client", s.b2c.Load()),
 		zap.String("closed_by", s.closedBy),
 	}
 	if s.user != "" {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -46,10 +47,9 @@ func (s *session) splice() {
 		firstEnd string
 		timer    *time.Timer
 	)
-	direction := func(dst, src *endpoint, n *int64, from string) {
+	direction := func(dst, src *endpoint, n *atomic.Int64, from string) {
 		defer wg.Done()
-		copied, err := copyConn(dst, src)
-		*n += copied
+		_, err := copyConn(dst, src, n, s.srv.metrics, metricDir[from])
 		mu.Lock()
 		defer mu.Unlock()
 		if firstEnd == "" {
@@ -120,19 +120,42 @@ func (e *endpoint) read(b []byte) (int, error) {
 
 // copyConn copies src to dst until EOF (nil error) or an error. While src has nothing to
 // read, it holds no buffer and no pipe: it waits in the poller.
-func copyConn(dst, src *endpoint) (int64, error) {
+//
+// Every chunk moved is added to count and reported to m under direction as it goes, so the
+// admin API and metrics see live figures.
+func copyConn(dst, src *endpoint, count *atomic.Int64, m Metrics, direction string) (int64, error) {
+	acc := accounting{count: count, m: m, dir: direction}
 	switch {
 	case src.rc == nil || dst.rc == nil:
-		return copyBlocking(dst.conn, src.conn)
+		return copyBlocking(dst.conn, src.conn, acc)
 	case !src.tls && !dst.tls:
-		return copySplice(dst, src)
+		return copySplice(dst, src, acc)
 	}
-	return copyBuffered(dst, src)
+	return copyBuffered(dst, src, acc)
+}
+
+// metricDir names the direction of the copy that starts at a side.
+var metricDir = map[string]string{"client": "client_to_backend", "backend": "backend_to_client"}
+
+// accounting adds moved bytes to a session counter and to the metrics.
+type accounting struct {
+	count *atomic.Int64
+	m     Metrics
+	dir   string
+}
+
+func (a accounting) add(n int) {
+	if a.count != nil {
+		a.count.Add(int64(n))
+	}
+	if a.m != nil {
+		a.m.Bytes(a.dir, int64(n))
+	}
 }
 
 // copySplice moves bytes socket to socket with splice(2) through a pipe taken from the pool
 // when src becomes readable and given back as soon as src is drained.
-func copySplice(dst, src *endpoint) (int64, error) {
+func copySplice(dst, src *endpoint, acc accounting) (int64, error) {
 	var total int64
 	for {
 		if err := waitReadable(src.rc); err != nil {
@@ -160,6 +183,7 @@ func copySplice(dst, src *endpoint) (int64, error) {
 				return total, err
 			}
 			total += int64(n)
+			acc.add(n)
 		}
 		putPipe(p)
 	}
@@ -168,7 +192,7 @@ func copySplice(dst, src *endpoint) (int64, error) {
 // copyBuffered copies through a 16 KiB buffer (one TLS record) taken from a pool while src
 // has bytes and given back before waiting. A *tls.Conn may hold decrypted or raw bytes the
 // socket no longer shows, so the socket is only waited on after a read said "would block".
-func copyBuffered(dst, src *endpoint) (int64, error) {
+func copyBuffered(dst, src *endpoint, acc accounting) (int64, error) {
 	var (
 		total int64
 		bp    *[]byte
@@ -188,6 +212,7 @@ func copyBuffered(dst, src *endpoint) (int64, error) {
 				return total, werr
 			}
 			total += int64(n)
+			acc.add(n)
 		}
 		switch {
 		case err == nil:
@@ -206,11 +231,22 @@ func copyBuffered(dst, src *endpoint) (int64, error) {
 }
 
 // copyBlocking is the fallback for connections that are not sockets.
-func copyBlocking(dst, src net.Conn) (int64, error) {
+func copyBlocking(dst, src net.Conn, acc accounting) (int64, error) {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	// Hide ReaderFrom/WriterTo so the buffer is really used.
-	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+	return io.CopyBuffer(struct{ io.Writer }{dst}, countingReader{src, acc}, *bp)
+}
+
+type countingReader struct {
+	r   io.Reader
+	acc accounting
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.acc.add(n)
+	return n, err
 }
 
 // closeWrite half-closes conn's sending side: TLS close_notify, then TCP FIN.
