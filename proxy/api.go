@@ -39,6 +39,10 @@ type ListenerOptions struct {
 	MaxLineBytes int
 	// MaxLiteralBytes bounds one literal before login. Zero means 8 KiB.
 	MaxLiteralBytes int
+	// Observe says whether sessions run the traffic observer after login (per-command
+	// metrics, IDLE tracking, BYE on kick, traces). The zero value, ObserveAuto, turns it on
+	// when a side is TLS, where bytes pass through user space anyway.
+	Observe ObserveMode
 }
 
 // Options configure a Server. The zero value of every field is usable except Router.

@@ -110,6 +110,7 @@ func TestTLSReadResumesAfterWouldBlock(t *testing.T) {
 type copyRig struct {
 	sender, receiver net.Conn
 	src, dst         *endpoint
+	acc              accounting
 }
 
 func newCopyRig(t testing.TB, srcTLS, dstTLS bool) *copyRig {
@@ -161,7 +162,7 @@ func (r *copyRig) run(data []byte, keep bool) (got []byte, n int64, err error) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := copyConn(r.dst, r.src, nil, nil, "")
+		n, err := copyConn(r.dst, r.src, r.acc)
 		closeWrite(r.dst.conn)
 		done <- result{n, err}
 	}()

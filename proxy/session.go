@@ -52,8 +52,11 @@ type session struct {
 	mu       sync.Mutex // guards spliced, the login fields and observer against other goroutines
 	spliced  bool
 	observer *trafficObserver // the traffic observer after login, or nil
-	closing  atomic.Bool
-	kicked   atomic.Bool
+	// clientWMu serialises writes to the client after login between the backend→client copy
+	// and a kick's BYE.
+	clientWMu sync.Mutex
+	closing   atomic.Bool
+	kicked    atomic.Bool
 
 	// The end of the session, for the log.
 	closedBy string // "client", "backend" or "proxy"
@@ -341,10 +344,42 @@ func (s *session) interrupt() {
 	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
 }
 
-// kick ends a logged-in session on an operator's request (Server.Kick).
+// kick ends a logged-in session on an operator's request (Server.Kick). A client between
+// commands or in IDLE gets "* BYE" first (RFC 9051 section 7.1.5), if the observer can tell.
 func (s *session) kick() {
 	s.kicked.Store(true)
+	s.mu.Lock()
+	obs, spliced := s.observer, s.spliced
+	s.mu.Unlock()
+	if spliced && obs != nil {
+		s.clientWMu.Lock()
+		if obs.atBoundary() {
+			_ = s.raw.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = s.conn.Write([]byte("* BYE Session ended by the administrator.\r\n"))
+		}
+		s.clientWMu.Unlock()
+	}
 	s.interrupt()
+}
+
+// startObserver decides whether this session runs the traffic observer, and starts it.
+func (s *session) startObserver() {
+	on := false
+	switch s.lo.Observe {
+	case ObserveAuto:
+		on = s.clientTLS || s.up.tls
+	case ObserveOn:
+		on = true
+	}
+	until, traced := s.srv.traces.active(s.user)
+	if !on && !traced {
+		return
+	}
+	o := newTrafficObserver(s.srv.metrics)
+	if traced {
+		o.trace, o.traceUntil = s.log.With(zap.String("user", s.user)), until
+	}
+	s.observer = o
 }
 
 // run is the whole life of the session. It closes everything it opened.
@@ -377,6 +412,7 @@ func (s *session) run() {
 		return
 	}
 	s.spliced = true
+	s.startObserver()
 	s.mu.Unlock()
 	s.srv.metrics.SessionStarted(s.shard, s.backend)
 	spliceStart := time.Now()
@@ -404,6 +440,9 @@ func (s *session) logEnd() {
 	}
 	if s.endErr != nil {
 		fields = append(fields, zap.Error(s.endErr))
+	}
+	if s.observer != nil {
+		fields = append(fields, s.observer.end()...)
 	}
 	s.log.Info("session end", fields...)
 }

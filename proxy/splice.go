@@ -49,7 +49,14 @@ func (s *session) splice() {
 	)
 	direction := func(dst, src *endpoint, n *atomic.Int64, from string) {
 		defer wg.Done()
-		_, err := copyConn(dst, src, n, s.srv.metrics, metricDir[from])
+		acc := accounting{count: n, m: s.srv.metrics, dir: metricDir[from]}
+		if obs := s.observer; obs != nil {
+			acc.tap = obs.fromClient
+			if from == "backend" {
+				acc.tap, acc.wmu = obs.fromBackend, &s.clientWMu
+			}
+		}
+		_, err := copyConn(dst, src, acc)
 		mu.Lock()
 		defer mu.Unlock()
 		if firstEnd == "" {
@@ -123,12 +130,12 @@ func (e *endpoint) read(b []byte) (int, error) {
 //
 // Every chunk moved is added to count and reported to m under direction as it goes, so the
 // admin API and metrics see live figures.
-func copyConn(dst, src *endpoint, count *atomic.Int64, m Metrics, direction string) (int64, error) {
-	acc := accounting{count: count, m: m, dir: direction}
+// With a tap (the traffic observer) bytes go through user space: splice is not used.
+func copyConn(dst, src *endpoint, acc accounting) (int64, error) {
 	switch {
 	case src.rc == nil || dst.rc == nil:
 		return copyBlocking(dst.conn, src.conn, acc)
-	case !src.tls && !dst.tls:
+	case !src.tls && !dst.tls && acc.tap == nil:
 		return copySplice(dst, src, acc)
 	}
 	return copyBuffered(dst, src, acc)
@@ -137,11 +144,27 @@ func copyConn(dst, src *endpoint, count *atomic.Int64, m Metrics, direction stri
 // metricDir names the direction of the copy that starts at a side.
 var metricDir = map[string]string{"client": "client_to_backend", "backend": "backend_to_client"}
 
-// accounting adds moved bytes to a session counter and to the metrics.
+// accounting adds moved bytes to a session counter and to the metrics, and shows them to
+// the traffic observer (tap) before they are written.
 type accounting struct {
 	count *atomic.Int64
 	m     Metrics
 	dir   string
+	tap   func([]byte) // nil without the observer; must not modify or keep its argument
+	wmu   *sync.Mutex  // if set, held around tap and write (kick's BYE takes it too)
+}
+
+// write shows b to the tap and writes it to dst.
+func (a accounting) write(dst net.Conn, b []byte) error {
+	if a.wmu != nil {
+		a.wmu.Lock()
+		defer a.wmu.Unlock()
+	}
+	if a.tap != nil {
+		a.tap(b)
+	}
+	_, err := dst.Write(b)
+	return err
 }
 
 func (a accounting) add(n int) {
@@ -208,7 +231,7 @@ func copyBuffered(dst, src *endpoint, acc accounting) (int64, error) {
 		}
 		n, err := src.read(*bp)
 		if n > 0 {
-			if _, werr := dst.conn.Write((*bp)[:n]); werr != nil {
+			if werr := acc.write(dst.conn, (*bp)[:n]); werr != nil {
 				return total, werr
 			}
 			total += int64(n)
@@ -235,18 +258,20 @@ func copyBlocking(dst, src net.Conn, acc accounting) (int64, error) {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	// Hide ReaderFrom/WriterTo so the buffer is really used.
-	return io.CopyBuffer(struct{ io.Writer }{dst}, countingReader{src, acc}, *bp)
+	return io.CopyBuffer(accountingWriter{dst, acc}, struct{ io.Reader }{src}, *bp)
 }
 
-type countingReader struct {
-	r   io.Reader
+type accountingWriter struct {
+	w   net.Conn
 	acc accounting
 }
 
-func (c countingReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.acc.add(n)
-	return n, err
+func (a accountingWriter) Write(b []byte) (int, error) {
+	if err := a.acc.write(a.w, b); err != nil {
+		return 0, err
+	}
+	a.acc.add(len(b))
+	return len(b), nil
 }
 
 // closeWrite half-closes conn's sending side: TLS close_notify, then TCP FIN.
