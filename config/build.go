@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/imapgate/imapgate/proxy"
@@ -51,6 +52,14 @@ func (c *Config) Listeners() ([]Listener, error) {
 			TLS:                l.TLS,
 			AllowPlaintextAuth: l.AllowPlaintextAuth,
 			PreAuthTimeout:     time.Duration(l.PreAuthTimeout),
+		}
+		switch l.Observe {
+		case ObserveOn:
+			o.Observe = proxy.ObserveOn
+		case ObserveOff:
+			o.Observe = proxy.ObserveOff
+		default:
+			o.Observe = proxy.ObserveAuto
 		}
 		if l.TLS != tlsconf.None {
 			if server == nil {
@@ -157,4 +166,53 @@ func (c *Config) logger(w zapcore.WriteSyncer) (*zap.Logger, error) {
 		return nil, c.errorAt("log.format", fmt.Errorf("unknown format %q (want %s)", c.Log.Format, orList(logFormats)))
 	}
 	return zap.New(zapcore.NewCore(enc, w, level), zap.ErrorOutput(w)), nil
+}
+
+// Admin is the admin HTTP API as configured, ready for admin.New.
+type Admin struct {
+	// Address is the host:port to listen on.
+	Address string
+	// Token is the bearer token read from token_file; empty when there is none.
+	Token string
+}
+
+// AdminEnabled reports whether the configuration turns the admin API on: the file has an
+// "admin" section (even an empty one), or, for a Config built by hand, Admin has a field set.
+func (c *Config) AdminEnabled() bool {
+	return c.present("admin") || c.Admin != AdminConfig{}
+}
+
+// minTokenLen is the shortest admin token accepted: 16 characters of `openssl rand -hex`
+// carry 64 bits.
+const minTokenLen = 16
+
+// AdminAPI returns the admin API's settings, or nil when AdminEnabled is false. It reads the
+// token file: surrounding white space (a final newline) is ignored; the token must be at
+// least 16 printable ASCII characters without spaces.
+func (c *Config) AdminAPI() (*Admin, error) {
+	if !c.AdminEnabled() {
+		return nil, nil
+	}
+	a := &Admin{Address: c.Admin.Address}
+	if a.Address == "" {
+		a.Address = DefaultAdminAddress
+	}
+	if c.Admin.TokenFile == "" {
+		return a, nil
+	}
+	data, err := os.ReadFile(c.Path(c.Admin.TokenFile))
+	if err != nil {
+		return nil, c.errorAt("admin.token_file", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	switch {
+	case tok == "":
+		return nil, c.errorAt("admin.token_file", fmt.Errorf("%s is empty", c.Path(c.Admin.TokenFile)))
+	case strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r >= 0x7f }):
+		return nil, c.errorAt("admin.token_file", fmt.Errorf("%s: the token must be one word of printable ASCII characters (no spaces, no second line)", c.Path(c.Admin.TokenFile)))
+	case len(tok) < minTokenLen:
+		return nil, c.errorAt("admin.token_file", fmt.Errorf("%s: the token has %d characters; use at least %d, such as the output of `openssl rand -hex 32`", c.Path(c.Admin.TokenFile), len(tok), minTokenLen))
+	}
+	a.Token = tok
+	return a, nil
 }

@@ -24,6 +24,10 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Routing is the routing table: shards, their backends, users and domains.
 	Routing RoutingConfig `yaml:"routing"`
+	// Admin is the admin HTTP API (metrics, health, sessions, kick). It is off unless the
+	// section is in the file (an empty "admin:" turns it on with the defaults); see
+	// AdminEnabled.
+	Admin AdminConfig `yaml:"admin"`
 
 	// file names the configuration in errors; dir is the base of relative paths.
 	file, dir string
@@ -46,6 +50,45 @@ type ListenerConfig struct {
 	// PreAuthTimeout ends a connection that has not logged in and sends nothing for this
 	// long. Zero means the proxy's default (60 s).
 	PreAuthTimeout Duration `yaml:"preauth_timeout"`
+	// Observe says whether sessions run the traffic observer after login: absent means
+	// automatic (on when the client or the backend side uses TLS).
+	Observe Observe `yaml:"observe"`
+}
+
+// Observe is a listener's "observe" field: ObserveAuto when absent, else true or false.
+type Observe int
+
+const (
+	// ObserveAuto: the field is absent; the observer runs when a side uses TLS.
+	ObserveAuto Observe = iota
+	// ObserveOn: observe: true.
+	ObserveOn
+	// ObserveOff: observe: false.
+	ObserveOff
+)
+
+// UnmarshalYAML implements yaml.Unmarshaler: true or false.
+func (o *Observe) UnmarshalYAML(n *yaml.Node) error {
+	var b bool
+	if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
+		return fmt.Errorf("want true or false (leave it out for automatic: on when a side uses TLS), got %q", n.Value)
+	}
+	*o = ObserveOff
+	if b {
+		*o = ObserveOn
+	}
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler: true, false, or null for automatic.
+func (o Observe) MarshalYAML() (any, error) {
+	switch o {
+	case ObserveOn:
+		return true, nil
+	case ObserveOff:
+		return false, nil
+	}
+	return nil, nil
 }
 
 // TLSConfig is the "tls" section.
@@ -115,6 +158,19 @@ type BackendConfig struct {
 	// InsecureSkipVerify turns off verification of the backend's certificate. Never in
 	// production: anyone in the path can read the passwords.
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// DefaultAdminAddress is where the admin API listens when the "admin" section gives no
+// address: loopback only, as the API can end sessions and lists user names.
+const DefaultAdminAddress = "127.0.0.1:9143"
+
+// AdminConfig is the "admin" section.
+type AdminConfig struct {
+	// Address is host:port for the admin HTTP API. Empty means DefaultAdminAddress.
+	Address string `yaml:"address"`
+	// TokenFile names a file holding the bearer token every admin request must carry. Empty
+	// means no token: anyone who can reach Address may use the API.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Duration is a time.Duration written as a Go duration string in YAML: "5s", "1m30s",

@@ -19,6 +19,7 @@
 //	table, err := routing.NewTable(spec)
 //	listeners, err := cfg.Listeners()       // reads the server certificate
 //	srv := proxy.New(cfg.ProxyOptions(&routing.Static{Table: table}, log))
+//	adm, err := cfg.AdminAPI()              // nil without an "admin" section; reads token_file
 //	for _, l := range listeners {
 //		ln, err := net.Listen("tcp", l.Address)
 //		go srv.Serve(ln, l.Options)
@@ -28,8 +29,8 @@
 // the network: unknown fields, types, listener and backend addresses, TLS modes, shard
 // references, log settings. Every error names the file, the line and the field, as in
 // `imapgate.yaml:7: listeners[1].tls: unknown TLS mode "tls" (want none, starttls or
-// implicit)`. The builders (Listeners, RoutingSpec, Logger) are the part that reads
-// certificate and CA files; their errors name the field too. Relative file paths in the
+// implicit)`. The builders (Listeners, RoutingSpec, AdminAPI, Logger) are the part that reads
+// certificate, CA and token files; their errors name the field too. Relative file paths in the
 // configuration are relative to the directory of the configuration file.
 //
 // The package does not watch the file, reload it, or listen on anything.

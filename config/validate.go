@@ -34,6 +34,7 @@ func (c *Config) Validate() error {
 	v.upstream()
 	v.log()
 	v.routing()
+	v.admin()
 	return errors.Join(v.errs...)
 }
 
@@ -113,6 +114,9 @@ func (v *validator) listeners() {
 		default:
 			v.errorf(p+".tls", "invalid TLS mode %v", l.TLS)
 		}
+		if l.Observe < ObserveAuto || l.Observe > ObserveOff {
+			v.errorf(p+".observe", "invalid value %d", l.Observe)
+		}
 		if l.PreAuthTimeout < 0 {
 			v.errorf(p+".preauth_timeout", "negative duration %v", l.PreAuthTimeout)
 		}
@@ -146,6 +150,23 @@ func (v *validator) log() {
 	}
 	if l.Level != "" && !slices.Contains(logLevels, l.Level) {
 		v.errorf("log.level", "unknown level %q (want %s)", l.Level, orList(logLevels))
+	}
+}
+
+func (v *validator) admin() {
+	c := v.c
+	a := c.Admin
+	if a.Address == "" {
+		return
+	}
+	if _, err := checkHostPort(a.Address, true); err != nil {
+		v.errorf("admin.address", "%v", err)
+		return
+	}
+	for i, l := range c.ListenerConfigs {
+		if strings.EqualFold(l.Address, a.Address) && !strings.HasSuffix(a.Address, ":0") {
+			v.errorf("admin.address", "address %s already used by listeners[%d]", a.Address, i)
+		}
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 // demoOptions are the demo's flags.
 type demoOptions struct {
 	imap, imaps string // proxy listener addresses
+	admin       string // admin API address; empty: no admin API
 	logLevel    string
 }
 
@@ -32,13 +33,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var o demoOptions
 	fs.StringVar(&o.imap, "imap", "127.0.0.1:1143", "`address` of the STARTTLS listener (plaintext login allowed)")
 	fs.StringVar(&o.imaps, "imaps", "127.0.0.1:1993", "`address` of the implicit-TLS listener")
+	fs.StringVar(&o.admin, "admin", config.DefaultAdminAddress, "`address` of the admin API (metrics, sessions, kick; no token); empty for none")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	err := demo(ctx, o, stdout, stderr, nil)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		err = fmt.Errorf("%w (choose other addresses with -imap and -imaps)", err)
+		err = fmt.Errorf("%w (choose other addresses with -imap, -imaps and -admin)", err)
 	}
 	return err
 }
@@ -47,6 +49,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 type demoInfo struct {
 	dir         string // temporary directory with cert.pem, key.pem, imapgate.yaml
 	imap, imaps net.Addr
+	admin       net.Addr // nil without the admin API
 	shards      []*memdemo.Shard
 	users       []memdemo.User
 }
@@ -102,6 +105,7 @@ func demo(ctx context.Context, o demoOptions, stdout, stderr io.Writer, ready fu
 	}
 	return serve(ctx, g, log, func(addrs []net.Addr) {
 		info.imap, info.imaps = addrs[0], addrs[1]
+		info.admin = g.adminAddr
 		printDemo(stdout, info)
 		if ready != nil {
 			ready(info)
@@ -165,6 +169,9 @@ routing:
 	for _, dom := range slices.Sorted(maps.Keys(domains)) {
 		fmt.Fprintf(&b, "    %s: %s\n", q(dom), q(domains[dom]))
 	}
+	if o.admin != "" {
+		fmt.Fprintf(&b, "admin:\n  address: %s   # no token_file: for the demo only\n", q(o.admin))
+	}
 	return b.String()
 }
 
@@ -189,6 +196,18 @@ func printDemo(w io.Writer, d *demoInfo) {
 	fmt.Fprintf(w, "Shards (in-process imapmemserver):\n")
 	for _, s := range d.shards {
 		fmt.Fprintf(w, "  %s  %s\n", s.Name, s.Addr)
+	}
+	if d.admin != nil {
+		admin := "http://" + connectAddr(d.admin)
+		ctl := "imapgate ctl"
+		if admin != "http://"+config.DefaultAdminAddress {
+			ctl += " -admin " + admin
+		}
+		fmt.Fprintf(w, "\nAdmin API (no token, demo only): %s\n", admin)
+		fmt.Fprintf(w, "  curl %s/metrics\n", admin)
+		fmt.Fprintf(w, "  %s sessions\n", ctl)
+		fmt.Fprintf(w, "  %s route %s\n", ctl, d.users[0].Name)
+		fmt.Fprintf(w, "  %s kick -user %s\n", ctl, d.users[0].Name)
 	}
 	fmt.Fprintf(w, "\nUsers (the password is the part before @):\n")
 	for _, u := range d.users {

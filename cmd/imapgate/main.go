@@ -6,6 +6,8 @@
 //	imapgate serve -config /etc/imapgate/imapgate.yaml   run the proxy
 //	imapgate check -config /etc/imapgate/imapgate.yaml   validate a configuration and summarise it
 //	imapgate demo                                        a self-contained demo on 127.0.0.1
+//	imapgate bench [-backend dovecot|memory] [flags]     compare imapgate with direct, Dovecot's proxy and nginx
+//	imapgate ctl sessions|kick|route|trace …             ask a running imapgate's admin API
 //	imapgate version                                     print the version
 //
 // The configuration reference is in README.md; deploy/examples/imapgate.yaml is a
@@ -38,6 +40,8 @@ var commands = []command{
 	{"serve", "-config FILE", "run the proxy until SIGINT or SIGTERM", runServe},
 	{"check", "-config FILE", "validate a configuration, load its files, print a summary", runCheck},
 	{"demo", "[-imap ADDR] [-imaps ADDR]", "run a demo: two in-process shards behind the proxy", runDemo},
+	{"bench", "[-backend dovecot|memory]", "benchmark: direct vs imapgate vs Dovecot's proxy vs nginx", runBench},
+	{"ctl", "[-admin URL] COMMAND …", "call a running imapgate's admin API: sessions, kick, route, trace", runCtl},
 	{"version", "", "print the version", runVersion},
 }
 

@@ -1,0 +1,502 @@
+// Package bench is the engine of `imapgate bench`: it starts an IMAP backend and the
+// proxies to compare, drives each with a built-in IMAP load generator over loopback, and
+// reports the figures side by side.
+//
+// What it does:
+//
+//   - Starts the backend: a real Dovecot (package deploy/dovecot, seeded over IMAP with
+//     users, a few small messages each and a mailbox of large messages) or, with
+//     Backend "memory", the in-process go-imap server of deploy/memdemo.
+//   - Starts each target fresh for each scenario: direct (no proxy), imapgate as a child
+//     process (`imapgate serve`, plain and implicit TLS on the client side), a second
+//     Dovecot as a login proxy (passdb static with proxy=y), and nginx's mail proxy
+//     (auth_http answered by the same nginx), plain and implicit TLS. A peer that is not
+//     installed is skipped with a note.
+//   - Runs the scenarios logins, throughput, latency and idle (see the README's
+//     "Performance" section for what each figure means) with its own small IMAP client
+//     (Conn): hand-written tagged commands, literals skipped and counted, no parsing.
+//   - Measures the proxies from /proc: VmRSS and open descriptors summed over the proxy's
+//     process group, and CPU time of the proxy, the backend and the load generator.
+//
+// What it does not do: it does not tune the peers beyond what a fair comparison needs
+// (one worker or login process per core, limits sized for the session count), it does not
+// run across machines (loopback only: the figures show the proxies' CPU and memory costs,
+// not network effects), and it does not isolate CPUs: the load generator, the proxy and
+// the backend share the machine's cores, which the report's CPU column makes visible.
+// Every load is bounded in count and in time. It needs Linux.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Command is how to run `imapgate serve`: Path with Args (then "-config FILE"), with Env
+// added to the bench's environment.
+type Command struct {
+	Path string
+	Args []string
+	Env  []string
+}
+
+// Options configure Run. Zero values take the defaults in parentheses.
+type Options struct {
+	Backend     string        // "dovecot" or "memory" ("dovecot")
+	Scenarios   []string      // subset of AllScenarios (all)
+	Targets     []string      // subset of AllTargets (all)
+	Sessions    int           // idle sessions held at once (2000)
+	Duration    time.Duration // per scenario and target: logins, throughput, latency, the idle hold (5s)
+	Concurrency int           // logins scenario workers (16)
+	Users       int           // users on the backend (100)
+	Messages    int           // messages in the throughput mailbox (20)
+	MessageSize int           // bytes per throughput message (1 000 000)
+	Imapgate    Command       // required for the imapgate targets
+	// WorkDir holds configurations, logs and Dovecot's mail. "" means a new temporary
+	// directory, removed at the end unless Keep.
+	WorkDir string
+	Keep    bool
+	// Progress receives a line per step; nil discards.
+	Progress io.Writer
+}
+
+func (o *Options) setDefaults() error {
+	if o.Backend == "" {
+		o.Backend = "dovecot"
+	}
+	if o.Backend != "dovecot" && o.Backend != "memory" {
+		return fmt.Errorf("unknown backend %q (want dovecot or memory)", o.Backend)
+	}
+	if len(o.Scenarios) == 0 {
+		o.Scenarios = AllScenarios
+	}
+	if len(o.Targets) == 0 {
+		o.Targets = AllTargets
+	}
+	for _, s := range o.Scenarios {
+		if !slices.Contains(AllScenarios, s) {
+			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(AllScenarios, ", "))
+		}
+	}
+	for _, t := range o.Targets {
+		if !slices.Contains(AllTargets, t) {
+			return fmt.Errorf("unknown target %q (have %s)", t, strings.Join(AllTargets, ", "))
+		}
+	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&o.Sessions, 2000)
+	def(&o.Concurrency, 16)
+	def(&o.Users, 100)
+	def(&o.Messages, 20)
+	def(&o.MessageSize, 1_000_000)
+	if o.Duration == 0 {
+		o.Duration = 5 * time.Second
+	}
+	if o.Sessions < 0 || o.Concurrency < 0 || o.Users < 0 || o.Messages < 0 || o.MessageSize < 1000 || o.Duration < 0 {
+		return errors.New("counts and durations must be positive (message size at least 1000)")
+	}
+	if o.Sessions > 1_000_000 || o.Concurrency > 10_000 || o.Users > 100_000 || o.Duration > time.Hour {
+		return errors.New("too large: at most 1 000 000 sessions, 10 000 workers, 100 000 users, 1h per scenario")
+	}
+	return nil
+}
+
+// Result is one scenario run against one target.
+type Result struct {
+	Scenario string `json:"scenario"`
+	Target   string `json:"target"`
+	Skipped  string `json:"skipped,omitempty"` // why it did not run
+	Error    string `json:"error,omitempty"`   // why it failed (figures may be partial)
+
+	Elapsed  time.Duration `json:"elapsed_ns"`
+	Count    int           `json:"count"`    // sessions (logins), FETCH commands (throughput), NOOPs (latency), sessions asked (idle)
+	Failures int           `json:"failures"` // logins that failed
+	// Rate is logins/s (logins), MB/s with 1 MB = 10^6 bytes (throughput), NOOPs/s
+	// (latency).
+	Rate  float64       `json:"rate"`
+	P50   time.Duration `json:"p50_ns"` // session time (logins), round trip (latency)
+	P99   time.Duration `json:"p99_ns"`
+	Bytes int64         `json:"bytes"` // message bytes fetched (throughput)
+
+	// Idle.
+	Opened        int           `json:"opened,omitempty"`
+	Held          int           `json:"held,omitempty"` // sessions that answered DONE with OK after the hold
+	OpenTime      time.Duration `json:"open_ns,omitempty"`
+	Procs         int           `json:"procs,omitempty"` // processes in the proxy's group
+	RSSBefore     int64         `json:"rss_before,omitempty"`
+	RSSAfter      int64         `json:"rss_after,omitempty"`
+	RSSPerSession float64       `json:"rss_per_session,omitempty"` // bytes
+	FDsPerSession float64       `json:"fds_per_session,omitempty"`
+
+	// CPU time used during the scenario, in cores (1 = one core busy all along): the load
+	// generator (this process, which also holds the backend with Backend "memory"), the
+	// proxy's process group, the backend's.
+	CPUGen     float64 `json:"cpu_loadgen"`
+	CPUProxy   float64 `json:"cpu_proxy"`
+	CPUBackend float64 `json:"cpu_backend"`
+	// CPUMachine is every CPU's busy time over the scenario (from /proc/stat, so with
+	// the kernel's network work), in cores: near the core count means the machine was
+	// saturated.
+	CPUMachine float64 `json:"cpu_machine"`
+	// ProxyCPUPerOp is the proxy's CPU time per operation, in seconds: per login, per
+	// MB fetched, per NOOP; per session opened for idle.
+	ProxyCPUPerOp float64 `json:"proxy_cpu_per_op,omitempty"`
+
+	// Ratio is the main figure against direct (logins/s, MB/s), or for idle the memory per
+	// session against nginx (same TLS side); 0 if there is none.
+	Ratio float64 `json:"ratio,omitempty"`
+	// AddedP50 and AddedP99 are latency over direct.
+	AddedP50 time.Duration `json:"added_p50_ns,omitempty"`
+	AddedP99 time.Duration `json:"added_p99_ns,omitempty"`
+}
+
+// Report is a whole run.
+type Report struct {
+	Date        time.Time `json:"date"`
+	CommandLine string    `json:"command_line"` // set by the caller
+	Machine     Machine   `json:"machine"`
+	Backend     string    `json:"backend"`
+	Peers       []string  `json:"peers"` // versions and settings of what ran
+	Options     struct {
+		Sessions    int           `json:"sessions"`
+		Duration    time.Duration `json:"duration_ns"`
+		Concurrency int           `json:"concurrency"`
+		Users       int           `json:"users"`
+		Messages    int           `json:"messages"`
+		MessageSize int           `json:"message_size"`
+	} `json:"options"`
+	Results []Result `json:"results"`
+	Notes   []string `json:"notes"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	Kernel    string `json:"kernel"`
+	GoVersion string `json:"go_version"`
+	MemTotal  string `json:"mem_total"`
+	FileLimit int    `json:"file_limit"`
+}
+
+// Run starts the backend, runs every scenario against every target (fresh target per
+// scenario, targets in turn) and returns the report. A target that fails has its error
+// in its Result; Run itself fails only when the backend cannot be set up or ctx ends.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := platformSupported(); err != nil {
+		return nil, err
+	}
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	progress := o.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(progress, "bench: "+format+"\n", args...) }
+	rep := &Report{Date: time.Now().UTC(), Machine: describeMachine()}
+	if _, err := raiseFileLimit(); err != nil {
+		rep.Notes = append(rep.Notes, "could not raise the open files limit: "+err.Error())
+	}
+	rep.Machine.FileLimit = fileLimit()
+	rep.Options.Sessions, rep.Options.Duration, rep.Options.Concurrency = o.Sessions, o.Duration, o.Concurrency
+	rep.Options.Users, rep.Options.Messages, rep.Options.MessageSize = o.Users, o.Messages, o.MessageSize
+
+	dir := o.WorkDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "imapgate-bench-")
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+		if !o.Keep {
+			defer os.RemoveAll(dir)
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	say("work directory %s", dir)
+
+	slots := o.Sessions + o.Concurrency + 100
+	if !slices.Contains(o.Scenarios, Idle) {
+		slots = o.Concurrency + 100
+	}
+	say("starting the %s backend", o.Backend)
+	b, err := startBackend(ctx, &o, dir, max(slots, 1000))
+	if err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	defer b.close()
+	rep.Backend = b.version
+	messages := 0
+	if slices.Contains(o.Scenarios, Throughput) {
+		messages = o.Messages
+	}
+	say("seeding %d users and %d messages of %d bytes", len(b.users), messages, o.MessageSize)
+	if err := b.seed(ctx, 5, messages, o.MessageSize); err != nil {
+		return nil, fmt.Errorf("backend: %w", err)
+	}
+	backendBase, _ := groupStats(b.pgid, false)
+
+	certPEM, keyPEM, pool, err := selfSigned()
+	if err != nil {
+		return nil, err
+	}
+	env := &peerEnv{opts: &o, dir: dir, backend: b, certPEM: certPEM, keyPEM: keyPEM, pool: pool, slots: slots}
+	rep.Peers = describePeers(o.Targets, &o)
+
+	for _, sc := range o.Scenarios {
+		for _, tg := range o.Targets {
+			r := Result{Scenario: sc, Target: tg}
+			if why := available(tg, &o); why != "" {
+				r.Skipped = why
+				say("%s %s: skipped: %s", sc, tg, why)
+				rep.Results = append(rep.Results, r)
+				continue
+			}
+			say("%s %s: running", sc, tg)
+			runOne(ctx, env, &r)
+			if ctx.Err() != nil {
+				return rep, ctx.Err()
+			}
+			if r.Error != "" {
+				say("%s %s: FAILED: %s", sc, tg, r.Error)
+			} else {
+				say("%s %s: %s", sc, tg, summary(&r))
+			}
+			rep.Results = append(rep.Results, r)
+			waitBackendSettled(ctx, b, backendBase, o.Concurrency+8)
+		}
+	}
+	computeRatios(rep.Results)
+	rep.Notes = append(rep.Notes, notes(rep, &o)...)
+	return rep, nil
+}
+
+// runOne starts the target, runs one scenario against it, stops it.
+func runOne(ctx context.Context, env *peerEnv, r *Result) {
+	t, err := env.start(ctx, r.Target)
+	if err != nil {
+		r.Error = "start: " + firstLine(err)
+		return
+	}
+	e := &scenarioEnv{o: env.opts, t: t, backend: env.backend}
+	defer func() {
+		if err := t.stop(); err != nil && r.Error == "" {
+			r.Error = "stop: " + firstLine(err)
+		}
+	}()
+	if err := e.checkSession(ctx); err != nil {
+		r.Error = firstLine(err)
+		return
+	}
+	if t.check != nil {
+		if err := t.check(); err != nil {
+			r.Error = firstLine(err)
+			return
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // let the start-up settle before measuring
+
+	mach0 := machineBusy()
+	gen0 := selfCPU()
+	proxy0, _ := groupStats(t.pgid, false)
+	back0, _ := groupStats(env.backend.pgid, false)
+	wall0 := time.Now()
+	switch r.Scenario {
+	case Logins:
+		err = e.logins(ctx, r)
+	case Throughput:
+		err = e.throughput(ctx, r)
+	case Latency:
+		err = e.latency(ctx, r)
+	case Idle:
+		err = e.idle(ctx, r)
+	}
+	wall := time.Since(wall0).Seconds()
+	proxy1, _ := groupStats(t.pgid, false)
+	back1, _ := groupStats(env.backend.pgid, false)
+	r.CPUGen = (selfCPU() - gen0) / wall
+	r.CPUProxy = float64(proxy1.CPUTicks-proxy0.CPUTicks) / clockTick / wall
+	r.CPUBackend = float64(back1.CPUTicks-back0.CPUTicks) / clockTick / wall
+	r.CPUMachine = float64(machineBusy()-mach0) / clockTick / wall
+	proxyCPU := float64(proxy1.CPUTicks-proxy0.CPUTicks) / clockTick
+	if ops := opsOf(r); ops > 0 && t.pgid > 0 {
+		r.ProxyCPUPerOp = proxyCPU / ops
+	}
+	if err != nil {
+		r.Error = firstLine(err)
+	}
+}
+
+// opsOf is the count ProxyCPUPerOp divides by.
+func opsOf(r *Result) float64 {
+	switch r.Scenario {
+	case Throughput:
+		return float64(r.Bytes) / 1e6
+	case Idle:
+		return float64(r.Opened)
+	}
+	return float64(r.Count)
+}
+
+// waitBackendSettled waits (at most 30s) until the backend is quiet (under 5% of a core
+// over 200ms) and has at most slack processes more than after seeding: the imap processes
+// of the last scenario have exited, or are ready for reuse.
+func waitBackendSettled(ctx context.Context, b *backend, base procStats, slack int) {
+	if b.pgid == 0 {
+		return
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	prev, err := groupStats(b.pgid, false)
+	for err == nil && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(200 * time.Millisecond)
+		var st procStats
+		if st, err = groupStats(b.pgid, false); err != nil {
+			return
+		}
+		busy := float64(st.CPUTicks-prev.CPUTicks) / clockTick / 0.2
+		if st.Procs <= base.Procs+slack && busy < 0.05 {
+			return
+		}
+		prev = st
+	}
+}
+
+// computeRatios fills Ratio and the added latencies.
+func computeRatios(rs []Result) {
+	find := func(sc, tg string) *Result {
+		for i := range rs {
+			if rs[i].Scenario == sc && rs[i].Target == tg && rs[i].Error == "" && rs[i].Skipped == "" {
+				return &rs[i]
+			}
+		}
+		return nil
+	}
+	for i := range rs {
+		r := &rs[i]
+		if r.Error != "" || r.Skipped != "" {
+			continue
+		}
+		switch r.Scenario {
+		case Logins, Throughput:
+			if d := find(r.Scenario, Direct); d != nil && d.Rate > 0 {
+				r.Ratio = r.Rate / d.Rate
+			}
+		case Latency:
+			if d := find(r.Scenario, Direct); d != nil {
+				r.AddedP50, r.AddedP99 = r.P50-d.P50, r.P99-d.P99
+			}
+		case Idle:
+			ref := Nginx
+			if isTLS(r.Target) {
+				ref = NginxTLS
+			}
+			if n := find(Idle, ref); n != nil && n.RSSPerSession > 0 && r.Target != ref && r.Target != Direct {
+				r.Ratio = r.RSSPerSession / n.RSSPerSession
+			}
+		}
+	}
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+func describeMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), CPUModel: "?", Kernel: "?", MemTotal: "?"}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = "Linux " + strings.TrimSpace(string(data))
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+				var kb int64
+				fmt.Sscan(strings.TrimSpace(v), &kb)
+				m.MemTotal = fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+			}
+		}
+	}
+	return m
+}
+
+// procStats are figures summed over a process group.
+type procStats struct {
+	Procs    int
+	RSS      int64 // bytes
+	FDs      int
+	CPUTicks int64 // user+system, in 1/clockTick seconds
+}
+
+// nproc is the number of CPUs this process may use.
+func nproc() int { return runtime.NumCPU() }
+
+// fileLimit is the current soft RLIMIT_NOFILE, or 1024 if unknown.
+func fileLimit() int {
+	if n, err := currentFileLimit(); err == nil && n > 0 {
+		return int(min(n, 1<<20))
+	}
+	return 1024
+}
+
+// describePeers lists what the targets of this run are.
+func describePeers(targets []string, o *Options) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, t := range targets {
+		bt := baseTarget(t)
+		if seen[bt] || available(t, o) != "" {
+			continue
+		}
+		seen[bt] = true
+		switch bt {
+		case Imapgate:
+			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, GOMAXPROCS=%d (the default: every core), JSON logs at info, forward_client_ip to Dovecot",
+				runtime.Version(), nproc()))
+		case DovecotProxy:
+			out = append(out, "dovecot-proxy: "+commandVersion("dovecot", "--version")+
+				", a second instance: passdb static proxy=y nopassword=y, imap-login service_count=0 (2 processes at start, at most 4), the backend checks the password")
+		case Nginx:
+			v := strings.TrimPrefix(commandVersion(nginxBinary(), "-v"), "nginx version: ")
+			out = append(out, fmt.Sprintf("nginx: %s mail proxy, worker_processes %d (one per core), auth_http served by the same nginx", v, nproc()))
+		}
+	}
+	return out
+}
+
+// notes explains the run's limits in the report.
+func notes(rep *Report, o *Options) []string {
+	var out []string
+	out = append(out, fmt.Sprintf("The load generator runs in the bench process on the same %d cores as the proxy and the backend; the cpu column shows how much of them each used (1.00 = one core busy all along).", rep.Machine.CPUs))
+	if o.Backend == "memory" {
+		out = append(out, "Backend memory: the IMAP server runs inside the bench process, so its CPU is in the load generator's column.")
+	}
+	out = append(out, "Idle memory is the VmRSS growth of the proxy's whole process group (imapgate: one process; nginx: master and workers; Dovecot's proxy: master, auth, anvil, log, config, stats and imap-login processes) from before the first session to the end of the hold, divided by the sessions; fds likewise from /proc/PID/fd.")
+	skipped := map[string]bool{}
+	for _, r := range rep.Results {
+		if r.Skipped != "" && !skipped[r.Target] {
+			skipped[r.Target] = true
+			out = append(out, fmt.Sprintf("%s skipped: %s.", r.Target, r.Skipped))
+		}
+	}
+	return out
+}

@@ -1,0 +1,219 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imapgate/imapgate/config"
+	"github.com/imapgate/imapgate/deploy/dovecot"
+	"github.com/imapgate/imapgate/deploy/memdemo"
+)
+
+func TestLiteralSize(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		n    int64
+		ok   bool
+	}{
+		{"* 1 FETCH (BODY[] {1000000}\r\n", 1000000, true},
+		{"* 1 FETCH (BODY[] {12+}\r\n", 12, true},
+		{"* OK {0}\r\n", 0, true},
+		{"* OK [ALERT] hello\r\n", 0, false},
+		{"* OK {}\r\n", 0, false},
+		{"* OK {1a}\r\n", 0, false},
+		{"* OK {1234567890123}\r\n", 0, false},
+		{"}\r\n", 0, false},
+	} {
+		n, ok := literalSize([]byte(tc.line))
+		if n != tc.n || ok != tc.ok {
+			t.Errorf("literalSize(%q) = %d, %v; want %d, %v", tc.line, n, ok, tc.n, tc.ok)
+		}
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i))
+	}
+	if p50, p99 := percentiles(d); p50 != 50 || p99 != 99 {
+		t.Errorf("percentiles of 1..100 = %d, %d; want 50, 99", p50, p99)
+	}
+	if p50, p99 := percentiles([]time.Duration{7}); p50 != 7 || p99 != 7 {
+		t.Errorf("percentiles of one = %d, %d", p50, p99)
+	}
+	if p50, p99 := percentiles(nil); p50 != 0 || p99 != 0 {
+		t.Errorf("percentiles of none = %d, %d", p50, p99)
+	}
+}
+
+func TestBigMessage(t *testing.T) {
+	for _, size := range []int{1000, 1001, 1002, 1_000_000} {
+		m := bigMessage("a@b.example", 3, size)
+		if len(m) != size {
+			t.Errorf("size %d: got %d bytes", size, len(m))
+		}
+		if !bytes.HasSuffix(m, []byte("\r\n")) && !bytes.HasSuffix(m, []byte("\r")) {
+			t.Errorf("size %d: does not end a line: %q", size, m[len(m)-4:])
+		}
+	}
+	if !bytes.Equal(bigMessage("x@y", 1, 5000), bigMessage("x@y", 1, 5000)) {
+		t.Error("bigMessage is not deterministic")
+	}
+}
+
+// TestConn drives the load generator's client against the in-process server: every
+// command the scenarios use, literals both ways.
+func TestConn(t *testing.T) {
+	users := map[string]string{"u@bench.example": `pa"ss\word`}
+	s, err := memdemo.StartShardWith(context.Background(), memdemo.ShardOptions{Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// A small buffer: FETCH lines and literals cross it.
+	c, err := Dial(ctx, s.Addr, nil, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("u@bench.example", "wrong"); err == nil {
+		t.Fatal("login with a wrong password succeeded")
+	} else if pe := (*ProtocolError)(nil); !errors.As(err, &pe) || !strings.Contains(pe.Line, "NO") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if err := c.Login("u@bench.example", users["u@bench.example"]); err != nil {
+		t.Fatal(err)
+	}
+	msgs := [][]byte{bigMessage("u@bench.example", 0, 3000), bigMessage("u@bench.example", 1, 70000)}
+	for _, m := range msgs {
+		if err := c.Append("INBOX", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Examine("INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.FetchAll()
+	if err != nil || n != 73000 {
+		t.Fatalf("FetchAll = %d, %v; want 73000 bytes", n, err)
+	}
+	if err := c.Noop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Select("INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Idle(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Done(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Select("Nope"); err == nil {
+		t.Error("SELECT of a missing mailbox succeeded")
+	}
+	if err := c.Logout(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestImapgateConfig checks that the configuration written for the imapgate child loads.
+func TestImapgateConfig(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		dir := t.TempDir()
+		certPEM, keyPEM, _, err := selfSigned()
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o600)
+		os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600)
+		path := filepath.Join(dir, "imapgate.yaml")
+		doc := imapgateConfig("127.0.0.1:1993", useTLS, &backend{kind: "dovecot", addr: "127.0.0.1:10143"})
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			t.Fatalf("tls %v: %v\n%s", useTLS, err, doc)
+		}
+		if _, err := cfg.Listeners(); err != nil {
+			t.Fatalf("tls %v: %v", useTLS, err)
+		}
+	}
+}
+
+func TestNginxConfig(t *testing.T) {
+	c := nginxConfig(nginxParams{dir: "/w", imapPort: 1, imapsPort: 2, authPort: 3, backendPort: "4",
+		workers: 2, files: 20000, conns: 50000})
+	for _, want := range []string{
+		"load_module " + nginxMailModule, "worker_processes 2;", "worker_rlimit_nofile 20000;",
+		"worker_connections 19936;", "listen 127.0.0.1:1;", "listen 127.0.0.1:2 ssl;",
+		"auth_http 127.0.0.1:3/auth;", "add_header Auth-Port 4;", "error_log /w/error.log",
+	} {
+		if !strings.Contains(c, want) {
+			t.Errorf("nginx.conf lacks %q:\n%s", want, c)
+		}
+	}
+}
+
+func TestOptions(t *testing.T) {
+	o := Options{}
+	if err := o.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Backend != "dovecot" || o.Sessions != 2000 || o.Duration != 5*time.Second || len(o.Targets) != len(AllTargets) {
+		t.Errorf("defaults: %+v", o)
+	}
+	for _, bad := range []Options{{Backend: "x"}, {Targets: []string{"haproxy"}}, {Scenarios: []string{"x"}},
+		{Sessions: -1}, {Duration: 2 * time.Hour}} {
+		if err := bad.setDefaults(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+// TestPeers runs the latency scenario, briefly, through every peer against a real
+// Dovecot: each peer starts, really proxies (Dovecot's proxy logs it; every session logs
+// in on the backend) and stops. Skipped where Dovecot or nginx is missing.
+func TestPeers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Dovecot and nginx")
+	}
+	if _, ok := dovecot.Available(); !ok {
+		t.Skip("dovecot is not installed")
+	}
+	targets := []string{Direct, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
+	var progress strings.Builder
+	rep, err := Run(context.Background(), Options{
+		Backend: "dovecot", Scenarios: []string{Latency}, Targets: targets,
+		Duration: 100 * time.Millisecond, Users: 2, Messages: 1, Sessions: 5, Concurrency: 2,
+		WorkDir: t.TempDir(), Progress: &progress,
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	for _, r := range rep.Results {
+		switch {
+		case r.Skipped != "":
+			t.Logf("%s skipped: %s", r.Target, r.Skipped)
+		case r.Error != "":
+			t.Errorf("%s: %s", r.Target, r.Error)
+		case r.Count == 0 || r.P50 <= 0:
+			t.Errorf("%s: no figures: %+v", r.Target, r)
+		}
+	}
+	var table strings.Builder
+	if err := WriteTable(&table, rep); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + table.String())
+}

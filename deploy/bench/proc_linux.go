@@ -1,0 +1,170 @@
+//go:build linux
+
+package bench
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+func platformSupported() error { return nil }
+
+// clockTick is USER_HZ, the unit of the CPU times in /proc/PID/stat: 100 on every Linux
+// architecture Go supports.
+const clockTick = 100
+
+// groupStats sums, over the live processes of process group pgid (zombies left out): the
+// processes, user+system CPU time from /proc/PID/stat, and with full also VmRSS from
+// /proc/PID/status and the entries of /proc/PID/fd. The leader's cutime+cstime (its
+// reaped children) is added to CPU so that processes that came and went (Dovecot's imap
+// processes) are counted.
+func groupStats(pgid int, full bool) (procStats, error) {
+	var st procStats
+	if pgid <= 0 {
+		return st, nil
+	}
+	paths, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return st, err
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+		// utime stime cutime cstime ...; comm may contain spaces and ')'.
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 {
+			continue
+		}
+		f := bytes.Fields(data[i+1:])
+		if len(f) < 15 || string(f[0]) == "Z" || string(f[0]) == "X" {
+			continue
+		}
+		g, err := strconv.Atoi(string(f[2]))
+		if err != nil || g != pgid {
+			continue
+		}
+		dir := filepath.Dir(p)
+		pid, _ := strconv.Atoi(filepath.Base(dir))
+		utime, _ := strconv.ParseInt(string(f[11]), 10, 64)
+		stime, _ := strconv.ParseInt(string(f[12]), 10, 64)
+		st.CPUTicks += utime + stime
+		if pid == pgid {
+			cutime, _ := strconv.ParseInt(string(f[13]), 10, 64)
+			cstime, _ := strconv.ParseInt(string(f[14]), 10, 64)
+			st.CPUTicks += cutime + cstime
+		}
+		st.Procs++
+		if !full {
+			continue
+		}
+		if rss, ok := vmRSS(filepath.Join(dir, "status")); ok {
+			st.RSS += rss
+		}
+		if ents, err := os.ReadDir(filepath.Join(dir, "fd")); err == nil {
+			st.FDs += len(ents)
+		}
+	}
+	return st, nil
+}
+
+// vmRSS reads VmRSS (bytes) from a /proc/PID/status file.
+func vmRSS(path string) (int64, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.Index(data, []byte("\nVmRSS:"))
+	if i < 0 {
+		return 0, false // a kernel thread or a process on its way out
+	}
+	rest := data[i+len("\nVmRSS:"):]
+	if j := bytes.IndexByte(rest, '\n'); j >= 0 {
+		rest = rest[:j]
+	}
+	f := bytes.Fields(rest) // "1234 kB"
+	if len(f) < 1 {
+		return 0, false
+	}
+	kb, err := strconv.ParseInt(string(f[0]), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return kb << 10, true
+}
+
+// selfCPU is the CPU time (user+system) of this process so far, in seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
+// raiseFileLimit sets the soft RLIMIT_NOFILE to the hard limit and returns the new soft
+// limit. The Go runtime raises it for this process by itself but restores the old soft
+// limit in child processes unless the program sets it: setting it here lets Dovecot and
+// nginx inherit it.
+func raiseFileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, err
+	}
+	rl.Cur = rl.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, err
+	}
+	return rl.Cur, nil
+}
+
+// setGroupAttr puts a child in its own process group, so that its processes can be found,
+// measured and killed together, and has the kernel send it SIGTERM should the bench die.
+func setGroupAttr(attr *syscall.SysProcAttr) *syscall.SysProcAttr {
+	if attr == nil {
+		attr = &syscall.SysProcAttr{}
+	}
+	attr.Setpgid = true
+	attr.Pdeathsig = syscall.SIGTERM
+	return attr
+}
+
+func killGroup(pgid int, sig syscall.Signal) {
+	if pgid > 1 {
+		_ = syscall.Kill(-pgid, sig)
+	}
+}
+
+func currentFileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+	return rl.Cur, err
+}
+
+// machineBusy is the CPU time all CPUs spent busy (anything but idle and iowait) since
+// boot, in 1/clockTick seconds, from the first line of /proc/stat.
+func machineBusy() int64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := bytes.Cut(data, []byte("\n"))
+	f := bytes.Fields(line) // cpu user nice system idle iowait irq softirq steal guest guest_nice
+	if len(f) < 9 || string(f[0]) != "cpu" {
+		return 0
+	}
+	var busy int64
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(string(v), 10, 64)
+		busy += n
+	}
+	return busy
+}
