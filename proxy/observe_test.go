@@ -284,6 +284,8 @@ func TestObserverEndToEnd(t *testing.T) {
 	if cmds["SELECT"] != 1 || cmds["APPEND"] != 1 || idle != 0 {
 		t.Errorf("metrics: commands %v, idle gauge %d", cmds, idle)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.logins["ok LOGIN"] != 1 {
 		t.Errorf("logins %v", m.logins)
 	}
@@ -360,5 +362,33 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		case <-tick.C:
 		}
+	}
+}
+
+// Commands pipelined behind LOGIN reach the backend before the copy loops start: the
+// observer must see them too.
+func TestObserverSeesCommandsPipelinedAfterLogin(t *testing.T) {
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	m := newRecordingMetrics()
+	tp := startProxy(t, toBackends(&routing.Backend{Shard: "a", Address: be.addr}),
+		ListenerOptions{AllowPlaintextAuth: true, Observe: ObserveOn},
+		func(o *Options) { o.Metrics = m })
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("a1 LOGIN alice@example.com alice\r\na2 SELECT INBOX\r\na3 IDLE\r\n")
+	c.expect("a1 OK …")
+	for !strings.HasPrefix(c.line(), "+") {
+	}
+	waitFor(t, "session in IDLE", func() bool {
+		s := tp.srv.Sessions()
+		return len(s) == 1 && s[0].Idle
+	})
+	if cmds, _ := m.snapshot(); cmds["SELECT"] != 1 {
+		t.Errorf("commands %v", cmds)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.bytes["client_to_backend"] == 0 {
+		t.Errorf("pipelined bytes not counted: %v", m.bytes)
 	}
 }

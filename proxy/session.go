@@ -306,20 +306,35 @@ func (s *session) handoff(tag string, res *loginResult) error {
 		text = "Logged in"
 	}
 	s.writef("%s OK [CAPABILITY %s] %s\r\n", tag, res.caps.String(), text)
+	// The observer starts here, so the bytes either side sent ahead are seen (and counted)
+	// like all that follows.
+	s.mu.Lock()
+	s.startObserver()
+	obs := s.observer
+	s.mu.Unlock()
+	m := s.srv.metrics
 	if n := s.up.br.Buffered(); n > 0 {
 		ahead, _ := s.up.br.Peek(n)
+		if obs != nil {
+			obs.fromBackend(ahead)
+		}
 		s.bw.Write(ahead)
 		s.b2c.Add(int64(n))
+		m.Bytes("backend_to_client", int64(n))
 	}
 	if err := s.flush(); err != nil {
 		return err
 	}
 	if n := s.br.Buffered(); n > 0 {
 		ahead, _ := s.br.Peek(n)
+		if obs != nil {
+			obs.fromClient(ahead)
+		}
 		if _, err := s.up.conn.Write(ahead); err != nil {
 			return err
 		}
 		s.c2b.Add(int64(n))
+		m.Bytes("client_to_backend", int64(n))
 	}
 	_ = s.raw.SetDeadline(time.Time{})
 	// The bufio readers and writers are dropped here: from now on bytes go straight
@@ -412,7 +427,6 @@ func (s *session) run() {
 		return
 	}
 	s.spliced = true
-	s.startObserver()
 	s.mu.Unlock()
 	s.srv.metrics.SessionStarted(s.shard, s.backend)
 	spliceStart := time.Now()
