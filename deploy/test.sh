@@ -3,7 +3,8 @@
 # anywhere; it works from the repository root.
 #
 # 1. Installs what the tests need when missing: Dovecot (dovecot-imapd, the
-#    IMAP backend that deploy/dovecot runs on free loopback ports) and python3.
+#    IMAP backend that deploy/dovecot runs on free loopback ports), python3
+#    (imaplib client test) and prometheus (for promtool).
 #    The package's own system-wide Dovecot (ports 143/993) is kept from
 #    starting through policy-rc.d, and stopped if it runs anyway.
 # 2. go vet, a gofmt check, go test -race.
@@ -73,6 +74,8 @@ install_missing() {
 	local pkgs=()
 	have_dovecot || pkgs+=(dovecot-imapd)
 	command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+	# promtool checks the metrics, alert rules and dashboard queries (admin tests).
+	command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
 	[ "${#pkgs[@]}" -gt 0 ] || return 0
 	if [ "${IMAPGATE_NO_INSTALL:-}" = 1 ]; then
 		log "IMAPGATE_NO_INSTALL=1: not installing ${pkgs[*]}"
