@@ -191,7 +191,7 @@ func TestObserverStopsAfterCompressOrStartTLS(t *testing.T) {
 }
 
 // FuzzObserver feeds random bytes in random chunks to both directions: the observer never
-// panics, and it counts the same whatever the chunking.
+// panics, never changes a byte it is shown, and counts the same whatever the chunking.
 func FuzzObserver(f *testing.F) {
 	var all bytes.Buffer
 	for _, s := range observedTranscript {
@@ -203,10 +203,14 @@ func FuzzObserver(f *testing.F) {
 	f.Add([]byte("a IDLE\r\n+ \r\nDONE\r\na OK\r\n\x00\x01"), uint8(2))
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
 		size := int(chunk%64) + 1
+		orig := bytes.Clone(data)
 		whole := newRecordingMetrics()
 		ow := newTrafficObserver(whole)
 		ow.fromClient(data)
 		ow.fromBackend(data)
+		if !bytes.Equal(data, orig) {
+			t.Fatal("the observer changed the bytes it was shown")
+		}
 		split := newRecordingMetrics()
 		os := newTrafficObserver(split)
 		for i := 0; i < len(data); i += size {
