@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -136,4 +137,43 @@ func BenchmarkObserver(b *testing.B) {
 			}
 		})
 	}
+}
+
+func benchNoop(b *testing.B, addr string) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	br.ReadString('\n')
+	c.Write([]byte("a LOGIN alice@example.com alice\r\n"))
+	for {
+		l, _ := br.ReadString('\n')
+		if strings.HasPrefix(l, "a ") {
+			break
+		}
+	}
+	for b.Loop() {
+		c.Write([]byte("n NOOP\r\n"))
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				b.Fatal(err)
+			}
+			if strings.HasPrefix(l, "n ") {
+				break
+			}
+		}
+	}
+}
+
+// BenchmarkNoopRoundTrip: one logged-in session, sequential NOOPs, directly to an
+// in-process backend and through the proxy (plain, splice path). Client, proxy and backend
+// share this process's two cores; `imapgate bench` measures with separate processes.
+func BenchmarkNoopRoundTrip(b *testing.B) {
+	be := startMemBackend(b, map[string]string{"alice@example.com": "alice"})
+	b.Run("direct", func(b *testing.B) { benchNoop(b, be.addr) })
+	tp := startProxy(b, toBackends(&routing.Backend{Address: be.addr}), ListenerOptions{AllowPlaintextAuth: true})
+	b.Run("proxy", func(b *testing.B) { benchNoop(b, tp.addr) })
 }

@@ -34,14 +34,57 @@ func (wouldBlockError) Temporary() bool { return true }
 
 // waitReadable parks the goroutine in the runtime's poller until the socket has a byte to
 // read, an EOF or an error, without holding any buffer. The callback must see EAGAIN from a
-// real syscall before returning false: the poller is edge-triggered.
+// real syscall before returning false: the poller is edge-triggered, and a readiness event
+// from before this call has been reset. Once woken it returns without another syscall.
 func waitReadable(rc syscall.RawConn) error {
 	var b byte
+	woken := false
 	return rc.Read(func(fd uintptr) bool {
+		if woken {
+			return true
+		}
+		woken = true
 		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 		return errno != syscall.EAGAIN
 	})
+}
+
+// readWait reads from a plain socket into a buffer taken from the pool only when there is
+// something to read: while the socket is empty the goroutine waits holding no buffer (*bp is
+// nil). The read that sees EAGAIN is the one that parks, so no readiness edge is missed and
+// no extra syscall is spent. (0, io.EOF) at the peer's FIN.
+func readWait(rc syscall.RawConn, bp **[]byte) (int, error) {
+	var (
+		n    int
+		rerr error
+	)
+	err := rc.Read(func(fd uintptr) bool {
+		if *bp == nil {
+			*bp = copyBufPool.Get().(*[]byte)
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), **bp)
+			switch rerr {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				copyBufPool.Put(*bp)
+				*bp = nil
+				return false
+			}
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // readNonblock reads what the socket has now: (0, errWouldBlock) when nothing, (0, io.EOF)
@@ -164,26 +207,38 @@ func (p *pipe) close() {
 
 const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 
-// spliceIn moves what src has now into the empty pipe p: (0, errWouldBlock) when nothing,
-// (0, nil) at EOF. The pipe is empty when called, so EAGAIN can only mean "socket empty".
-func spliceIn(src syscall.RawConn, p *pipe) (int, error) {
+// spliceIn moves what src has into a pipe, taken from the pool (into *pp) only when there is
+// something to move: while the socket is empty the goroutine waits holding no pipe. The
+// pipe is empty when a splice into it starts (the caller drains each chunk), so EAGAIN can
+// only mean "socket empty", and the splice that sees it is the one that parks. (0, nil) at
+// EOF.
+func spliceIn(src syscall.RawConn, pp **pipe) (int, error) {
 	var (
 		n    int64
 		serr error
 	)
 	err := src.Read(func(fd uintptr) bool {
-		for {
-			n, serr = syscall.Splice(int(fd), nil, p.w, nil, pipeSize, spliceFlags)
-			if serr != syscall.EINTR {
-				return true // never wait here: waiting happens with no pipe held
+		if *pp == nil {
+			if *pp, serr = getPipe(); serr != nil {
+				return true
 			}
+		}
+		for {
+			n, serr = syscall.Splice(int(fd), nil, (*pp).w, nil, pipeSize, spliceFlags)
+			switch serr {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				putPipe(*pp)
+				*pp = nil
+				return false
+			}
+			return true
 		}
 	})
 	switch {
 	case err != nil:
 		return 0, err
-	case serr == syscall.EAGAIN:
-		return 0, errWouldBlock
 	case serr != nil:
 		return 0, os.NewSyscallError("splice", serr)
 	}

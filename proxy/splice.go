@@ -177,44 +177,39 @@ func (a accounting) add(n int) {
 }
 
 // copySplice moves bytes socket to socket with splice(2) through a pipe taken from the pool
-// when src becomes readable and given back as soon as src is drained.
+// when src has bytes and given back as soon as src is drained.
 func copySplice(dst, src *endpoint, acc accounting) (int64, error) {
-	var total int64
+	var (
+		total int64
+		p     *pipe
+	)
 	for {
-		if err := waitReadable(src.rc); err != nil {
-			return total, err
-		}
-		p, err := getPipe()
+		n, err := spliceIn(src.rc, &p)
 		if err != nil {
+			if p != nil {
+				p.close()
+			}
 			return total, err
 		}
-		for {
-			n, err := spliceIn(src.rc, p)
-			if err == errWouldBlock {
-				break
-			}
-			if err != nil {
-				p.close()
-				return total, err
-			}
-			if n == 0 {
+		if n == 0 {
+			if p != nil {
 				putPipe(p)
-				return total, nil // EOF
 			}
-			if err := spliceOut(dst.rc, p, n); err != nil {
-				p.close() // may still hold data: never pooled
-				return total, err
-			}
-			total += int64(n)
-			acc.add(n)
+			return total, nil // EOF
 		}
-		putPipe(p)
+		if err := spliceOut(dst.rc, p, n); err != nil {
+			p.close() // may still hold data: never pooled
+			return total, err
+		}
+		total += int64(n)
+		acc.add(n)
 	}
 }
 
 // copyBuffered copies through a 16 KiB buffer (one TLS record) taken from a pool while src
 // has bytes and given back before waiting. A *tls.Conn may hold decrypted or raw bytes the
-// socket no longer shows, so the socket is only waited on after a read said "would block".
+// socket no longer shows, so with a TLS source the socket is only waited on after a read
+// said "would block".
 func copyBuffered(dst, src *endpoint, acc accounting) (int64, error) {
 	var (
 		total int64
@@ -226,10 +221,18 @@ func copyBuffered(dst, src *endpoint, acc accounting) (int64, error) {
 		}
 	}()
 	for {
-		if bp == nil {
-			bp = copyBufPool.Get().(*[]byte)
+		var (
+			n   int
+			err error
+		)
+		if src.tls {
+			if bp == nil {
+				bp = copyBufPool.Get().(*[]byte)
+			}
+			n, err = src.conn.Read(*bp) // crypto/tls over nbConn: never blocks
+		} else {
+			n, err = readWait(src.rc, &bp) // waits with no buffer held
 		}
-		n, err := src.read(*bp)
 		if n > 0 {
 			if werr := acc.write(dst.conn, (*bp)[:n]); werr != nil {
 				return total, werr
