@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/imapgate/imapgate/tlsconf"
@@ -371,11 +372,31 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
+// Readers and writers used before login come from pools: every session needs them for a
+// moment and none keeps them (an idle session must not hold 8 KiB it no longer uses).
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+func getReader(r io.Reader) *bufio.Reader {
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readerPool.Put(br)
+}
+
 // newBufio makes the reader and writer used before login on conn.
 func (s *session) newBufio(conn net.Conn) {
+	s.release()
 	s.conn = conn
-	s.br = bufio.NewReaderSize(conn, 4096)
-	s.bw = bufio.NewWriterSize(conn, 4096)
+	s.br = getReader(conn)
+	s.bw = writerPool.Get().(*bufio.Writer)
+	s.bw.Reset(conn)
 	s.reader = &commandReader{
 		br:         s.br,
 		maxLine:    s.lo.maxLine(),
@@ -385,4 +406,18 @@ func (s *session) newBufio(conn net.Conn) {
 			return s.flush()
 		},
 	}
+}
+
+// release gives the pre-login reader and writer back to their pools.
+func (s *session) release() {
+	if s.br != nil {
+		putReader(s.br)
+		s.br = nil
+	}
+	if s.bw != nil {
+		s.bw.Reset(nil)
+		writerPool.Put(s.bw)
+		s.bw = nil
+	}
+	s.reader = nil
 }

@@ -141,16 +141,19 @@ func (s *Server) startSession(conn net.Conn, lo *ListenerOptions) {
 	go s.handle(sess)
 }
 
-// handle is the session goroutine; named so it shows in stack dumps.
+// handle is the session goroutine; named so it shows in stack dumps. After login the
+// splice's goroutines take the session over and finish it.
 func (s *Server) handle(sess *session) {
-	defer s.wg.Done()
-	defer func() {
+	finish := func() {
 		s.mu.Lock()
 		delete(s.sessions, sess)
 		s.mu.Unlock()
 		s.metrics.ConnClosed(sess.lo.Name)
-	}()
-	sess.run()
+		s.wg.Done()
+	}
+	if !sess.run(finish) {
+		finish()
+	}
 }
 
 // Close stops every listener passed to Serve and ends every session (clients before login get

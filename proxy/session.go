@@ -337,10 +337,10 @@ func (s *session) handoff(tag string, res *loginResult) error {
 		m.Bytes("client_to_backend", int64(n))
 	}
 	_ = s.raw.SetDeadline(time.Time{})
-	// The bufio readers and writers are dropped here: from now on bytes go straight
-	// between the connections.
-	s.br, s.bw, s.reader = nil, nil, nil
-	s.up.br = nil
+	// The bufio readers and writers go back to their pools here: from now on bytes go
+	// straight between the connections.
+	s.release()
+	s.up.releaseReader()
 	return nil
 }
 
@@ -397,16 +397,16 @@ func (s *session) startObserver() {
 	s.observer = o
 }
 
-// run is the whole life of the session. It closes everything it opened.
-func (s *session) run() {
-	defer s.cancel()
-	defer s.raw.Close()
+// run is the session until login and, if the login succeeds, starts the splice. It reports
+// whether it did: then the splice's goroutines end the session (calling finish); otherwise
+// the session is over and its connections closed when run returns.
+func (s *session) run(finish func()) (spliced bool) {
 	if s.lo.TLS == tlsconf.Implicit {
 		if err := s.startClientTLS(nil); err != nil {
 			s.endErr = err
 			s.closedBy = "client"
-			s.logEnd()
-			return
+			s.endBeforeSplice()
+			return false
 		}
 	} else {
 		s.newBufio(s.raw)
@@ -415,30 +415,42 @@ func (s *session) run() {
 		if s.closedBy == "" {
 			s.closedBy = "client"
 		}
-		s.logEnd()
-		return
+		s.endBeforeSplice()
+		return false
 	}
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
 		s.up.raw.Close()
 		s.closedBy = "proxy"
-		s.logEnd()
-		return
+		s.endBeforeSplice()
+		return false
 	}
 	s.spliced = true
 	s.mu.Unlock()
 	s.srv.metrics.SessionStarted(s.shard, s.backend)
 	spliceStart := time.Now()
-	s.splice()
-	s.srv.metrics.SessionEnded(s.shard, s.backend, time.Since(spliceStart))
-	if s.closing.Load() {
-		s.closedBy = "proxy"
-	}
-	if s.kicked.Load() {
-		s.closedBy = "kick"
-	}
+	s.splice(func() {
+		s.srv.metrics.SessionEnded(s.shard, s.backend, time.Since(spliceStart))
+		if s.closing.Load() {
+			s.closedBy = "proxy"
+		}
+		if s.kicked.Load() {
+			s.closedBy = "kick"
+		}
+		s.logEnd()
+		s.cancel()
+		finish()
+	})
+	return true
+}
+
+// endBeforeSplice ends a session that never reached the splice.
+func (s *session) endBeforeSplice() {
+	s.release()
 	s.logEnd()
+	s.cancel()
+	s.raw.Close()
 }
 
 func (s *session) logEnd() {

@@ -29,67 +29,88 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); re
 // are closed.
 const halfCloseLinger = 5 * time.Second
 
-// splice copies client→backend and backend→client until both end, then closes both
-// connections. It records byte counts, who closed first and the first real error.
-func (s *session) splice() {
+// splice starts copying client→backend and backend→client, each in a new goroutine, and
+// returns at once: the session goroutine, whose stack grew during the pre-auth conversation,
+// ends, so an idle session holds only the two small stacks of its copy loops. When both
+// directions have ended, the last one closes both connections and calls done. It records
+// byte counts, who closed first and the first real error.
+func (s *session) splice(done func()) {
+	sp := &spliceState{s: s, done: done}
 	client := makeEndpoint(s.raw, s.conn, s.nb)
 	backend := makeEndpoint(s.up.raw, s.up.conn, s.up.nb)
-	var (
-		wg       sync.WaitGroup
-		once     sync.Once
-		closeAll = func() {
-			once.Do(func() {
-				_ = s.raw.Close()
-				_ = s.up.raw.Close()
-			})
-		}
-		mu       sync.Mutex
-		firstEnd string
-		timer    *time.Timer
-	)
-	direction := func(dst, src *endpoint, n *atomic.Int64, from string) {
-		defer wg.Done()
-		acc := accounting{count: n, m: s.srv.metrics, dir: metricDir[from]}
-		if obs := s.observer; obs != nil {
-			acc.tap = obs.fromClient
-			if from == "backend" {
-				acc.tap, acc.wmu = obs.fromBackend, &s.clientWMu
-			}
-		}
-		_, err := copyConn(dst, src, acc)
-		mu.Lock()
-		defer mu.Unlock()
-		if firstEnd == "" {
-			firstEnd = from
-		}
-		if err != nil && !isClosedConnErr(err) && s.endErr == nil && !s.closing.Load() {
-			s.endErr = err
-		}
-		if err != nil {
-			closeAll()
-			return
-		}
-		// EOF: pass the half-close on. When the backend has closed, nothing the client
-		// sends can be answered any more: end now. When the client has closed its half,
-		// the backend may still answer what it sent last (LOGOUT): give it a little while.
-		closeWrite(dst.conn)
+	sp.left.Store(2)
+	go sp.direction(backend, client, &s.c2b, "client")
+	go sp.direction(client, backend, &s.b2c, "backend")
+}
+
+// spliceState is shared by a session's two copy goroutines.
+type spliceState struct {
+	s        *session
+	done     func()
+	left     atomic.Int32
+	once     sync.Once
+	mu       sync.Mutex
+	firstEnd string
+	timer    *time.Timer
+}
+
+func (sp *spliceState) closeAll() {
+	sp.once.Do(func() {
+		_ = sp.s.raw.Close()
+		_ = sp.s.up.raw.Close()
+	})
+}
+
+// direction is one copy goroutine; named so it shows in stack dumps.
+func (sp *spliceState) direction(dst, src *endpoint, n *atomic.Int64, from string) {
+	s := sp.s
+	acc := accounting{count: n, m: s.srv.metrics, dir: metricDir[from]}
+	if obs := s.observer; obs != nil {
+		acc.tap = obs.fromClient
 		if from == "backend" {
-			closeAll()
-			return
-		}
-		if timer == nil {
-			timer = time.AfterFunc(halfCloseLinger, closeAll)
+			acc.tap, acc.wmu = obs.fromBackend, &s.clientWMu
 		}
 	}
-	wg.Add(2)
-	go func() { direction(backend, client, &s.c2b, "client") }()
-	direction(client, backend, &s.b2c, "backend")
-	wg.Wait()
-	if timer != nil {
-		timer.Stop()
+	_, err := copyConn(dst, src, acc)
+	sp.ended(dst, from, err)
+	if sp.left.Add(-1) == 0 {
+		sp.mu.Lock()
+		if sp.timer != nil {
+			sp.timer.Stop()
+		}
+		sp.mu.Unlock()
+		sp.closeAll()
+		s.closedBy = sp.firstEnd
+		sp.done()
 	}
-	closeAll()
-	s.closedBy = firstEnd
+}
+
+// ended handles the end of one direction.
+func (sp *spliceState) ended(dst *endpoint, from string, err error) {
+	s := sp.s
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.firstEnd == "" {
+		sp.firstEnd = from
+	}
+	if err != nil && !isClosedConnErr(err) && s.endErr == nil && !s.closing.Load() {
+		s.endErr = err
+	}
+	if err != nil {
+		sp.closeAll()
+		return
+	}
+	// EOF: pass the half-close on. When the backend has closed, nothing the client sends can
+	// be answered any more: end now. When the client has closed its half, the backend may
+	// still answer what it sent last (LOGOUT): give it a little while.
+	closeWrite(dst.conn)
+	if from == "backend" {
+		sp.closeAll()
+		return
+	}
+	if sp.timer == nil {
+		sp.timer = time.AfterFunc(halfCloseLinger, sp.closeAll)
+	}
 }
 
 // endpoint is one side of a spliced session.

@@ -87,6 +87,7 @@ func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duratio
 	_ = raw.SetDeadline(deadline)
 	if err := u.start(ctx); err != nil {
 		raw.Close()
+		u.releaseReader()
 		return nil, err
 	}
 	return u, nil
@@ -128,7 +129,8 @@ func (u *upstream) handshake(ctx context.Context) error {
 	}
 	u.conn = tc
 	u.tls = true
-	u.br = bufio.NewReaderSize(tc, 4096)
+	u.releaseReader()
+	u.br = getReader(tc)
 	return nil
 }
 
@@ -139,7 +141,7 @@ func (u *upstream) start(ctx context.Context) error {
 			return err
 		}
 	} else {
-		u.br = bufio.NewReaderSize(u.raw, 4096)
+		u.br = getReader(u.raw)
 	}
 	greet, err := readResponse(u.br)
 	if err != nil {
@@ -445,11 +447,20 @@ func (u *upstream) readUntilTagged(tag string, onUntagged func(*response)) (*res
 	}
 }
 
-// logout ends a connection that will not be handed off (after a failed login), politely.
+// close ends a connection that will not be handed off (after a failed login), politely.
 func (u *upstream) close() {
 	_ = u.raw.SetDeadline(time.Now().Add(time.Second))
 	_, _ = u.conn.Write([]byte(u.nextTag() + " LOGOUT\r\n"))
 	_ = u.raw.Close()
+	u.releaseReader()
+}
+
+// releaseReader gives the login reader back to its pool.
+func (u *upstream) releaseReader() {
+	if u.br != nil {
+		putReader(u.br)
+		u.br = nil
+	}
 }
 
 // clip shortens backend text for error messages.
