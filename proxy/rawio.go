@@ -212,7 +212,9 @@ const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 // pipe is empty when a splice into it starts (the caller drains each chunk), so EAGAIN can
 // only mean "socket empty", and the splice that sees it is the one that parks. (0, nil) at
 // EOF.
-func spliceIn(src syscall.RawConn, pp **pipe) (int, error) {
+//
+// With wait false it does not park: EAGAIN gives the pipe back and returns errWouldBlock.
+func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (int, error) {
 	var (
 		n    int64
 		serr error
@@ -231,7 +233,7 @@ func spliceIn(src syscall.RawConn, pp **pipe) (int, error) {
 			case syscall.EAGAIN:
 				putPipe(*pp)
 				*pp = nil
-				return false
+				return !wait
 			}
 			return true
 		}
@@ -239,6 +241,8 @@ func spliceIn(src syscall.RawConn, pp **pipe) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err
+	case serr == syscall.EAGAIN:
+		return 0, errWouldBlock
 	case serr != nil:
 		return 0, os.NewSyscallError("splice", serr)
 	}

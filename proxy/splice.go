@@ -197,33 +197,65 @@ func (a accounting) add(n int) {
 	}
 }
 
-// copySplice moves bytes socket to socket with splice(2) through a pipe taken from the pool
-// when src has bytes and given back as soon as src is drained.
+// copySplice moves bytes socket to socket. Most IMAP traffic is short lines, for which
+// read(2) and write(2) through a pooled 16 KiB buffer cost less than splice(2) (measured: a
+// NOOP round trip spent most of the proxy's time in splice calls); when a read fills the
+// buffer, bulk data is flowing (a FETCH body, an APPEND upload) and the rest of the burst goes
+// through splice(2) with a pipe from the pool. Between bursts the direction waits holding
+// neither buffer nor pipe.
 func copySplice(dst, src *endpoint, acc accounting) (int64, error) {
 	var (
 		total int64
+		bp    *[]byte
 		p     *pipe
 	)
+	defer func() {
+		if bp != nil {
+			copyBufPool.Put(bp)
+		}
+	}()
 	for {
-		n, err := spliceIn(src.rc, &p)
+		n, err := readWait(src.rc, &bp)
+		if n > 0 {
+			if werr := acc.write(dst.conn, (*bp)[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+			acc.add(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
 		if err != nil {
-			if p != nil {
-				p.close()
-			}
 			return total, err
 		}
-		if n == 0 {
-			if p != nil {
+		if n < copyBufSize {
+			continue
+		}
+		copyBufPool.Put(bp)
+		bp = nil
+		for {
+			m, err := spliceIn(src.rc, &p, false)
+			if err == errWouldBlock {
+				break // drained: back to small reads, which park
+			}
+			if err != nil {
+				if p != nil {
+					p.close()
+				}
+				return total, err
+			}
+			if m == 0 {
 				putPipe(p)
+				return total, nil // EOF
 			}
-			return total, nil // EOF
+			if err := spliceOut(dst.rc, p, m); err != nil {
+				p.close() // may still hold data: never pooled
+				return total, err
+			}
+			total += int64(m)
+			acc.add(m)
 		}
-		if err := spliceOut(dst.rc, p, n); err != nil {
-			p.close() // may still hold data: never pooled
-			return total, err
-		}
-		total += int64(n)
-		acc.add(n)
 	}
 }
 
