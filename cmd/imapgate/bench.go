@@ -33,6 +33,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.Sessions, "n", 2000, "idle sessions held at once")
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "`time` per scenario and target (logins, throughput, latency; the idle hold)")
 	fs.IntVar(&o.Concurrency, "concurrency", 16, "parallel sessions in the logins scenario")
+	fs.IntVar(&o.Rounds, "rounds", 3, "runs of logins, throughput and latency per target, targets taking turns; the median is shown")
 	fs.IntVar(&o.Users, "users", 100, "users on the backend")
 	fs.IntVar(&o.Messages, "messages", 20, "messages in the throughput mailbox")
 	fs.IntVar(&o.MessageSize, "message-size", 1_000_000, "`bytes` per throughput message")

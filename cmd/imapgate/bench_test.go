@@ -44,14 +44,14 @@ func TestBenchSmoke(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	start := time.Now()
 	code, stdout, stderr := runCmd(t, "bench", "-backend", "memory", "-targets", "direct,imapgate",
-		"-n", "20", "-duration", "200ms", "-concurrency", "4", "-users", "5", "-messages", "2",
+		"-n", "20", "-duration", "200ms", "-rounds", "1", "-concurrency", "4", "-users", "5", "-messages", "2",
 		"-message-size", "100000", "-out", out)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 	t.Logf("took %v\n%s", time.Since(start), stdout)
 	for _, want := range []*regexp.Regexp{
-		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,imapgate -n 20 `),
+		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,imapgate -n 20 -duration 200ms -rounds 1 `),
 		regexp.MustCompile(`(?m)^machine: +\d+ CPUs .*go1\.`),
 		regexp.MustCompile(`(?m)^logins +direct +\d+ logins/s +1\.00× direct`),
 		regexp.MustCompile(`(?m)^logins +imapgate +\d+ logins/s +\d+\.\d\d× direct .*session p50 `),

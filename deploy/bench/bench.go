@@ -27,6 +27,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,10 +55,13 @@ type Options struct {
 	Sessions    int           // idle sessions held at once (2000)
 	Duration    time.Duration // per scenario and target: logins, throughput, latency, the idle hold (5s)
 	Concurrency int           // logins scenario workers (16)
-	Users       int           // users on the backend (100)
-	Messages    int           // messages in the throughput mailbox (20)
-	MessageSize int           // bytes per throughput message (1 000 000)
-	Imapgate    Command       // required for the imapgate targets
+	// Rounds is how often logins, throughput and latency run against every target, the
+	// targets taking turns in each round; the median round is reported (3). Idle runs once.
+	Rounds      int
+	Users       int     // users on the backend (100)
+	Messages    int     // messages in the throughput mailbox (20)
+	MessageSize int     // bytes per throughput message (1 000 000)
+	Imapgate    Command // required for the imapgate targets
 	// WorkDir holds configurations, logs and Dovecot's mail. "" means a new temporary
 	// directory, removed at the end unless Keep.
 	WorkDir string
@@ -96,17 +100,18 @@ func (o *Options) setDefaults() error {
 	}
 	def(&o.Sessions, 2000)
 	def(&o.Concurrency, 16)
+	def(&o.Rounds, 3)
 	def(&o.Users, 100)
 	def(&o.Messages, 20)
 	def(&o.MessageSize, 1_000_000)
 	if o.Duration == 0 {
 		o.Duration = 5 * time.Second
 	}
-	if o.Sessions < 0 || o.Concurrency < 0 || o.Users < 0 || o.Messages < 0 || o.MessageSize < 1000 || o.Duration < 0 {
+	if o.Sessions < 0 || o.Concurrency < 0 || o.Rounds < 0 || o.Users < 0 || o.Messages < 0 || o.MessageSize < 1000 || o.Duration < 0 {
 		return errors.New("counts and durations must be positive (message size at least 1000)")
 	}
-	if o.Sessions > 1_000_000 || o.Concurrency > 10_000 || o.Users > 100_000 || o.Duration > time.Hour {
-		return errors.New("too large: at most 1 000 000 sessions, 10 000 workers, 100 000 users, 1h per scenario")
+	if o.Sessions > 1_000_000 || o.Concurrency > 10_000 || o.Rounds > 100 || o.Users > 100_000 || o.Duration > time.Hour {
+		return errors.New("too large: at most 1 000 000 sessions, 10 000 workers, 100 rounds, 100 000 users, 1h per scenario")
 	}
 	return nil
 }
@@ -117,6 +122,11 @@ type Result struct {
 	Target   string `json:"target"`
 	Skipped  string `json:"skipped,omitempty"` // why it did not run
 	Error    string `json:"error,omitempty"`   // why it failed (figures may be partial)
+	// Rounds is how many times the scenario ran against the target; the figures are those
+	// of the median round. Runs is every round's main figure (logins/s, MB/s or p50 in
+	// ns), in the order they ran.
+	Rounds int       `json:"rounds"`
+	Runs   []float64 `json:"runs,omitempty"`
 
 	Elapsed  time.Duration `json:"elapsed_ns"`
 	Count    int           `json:"count"`    // sessions (logins), FETCH commands (throughput), NOOPs (latency), sessions asked (idle)
@@ -171,6 +181,7 @@ type Report struct {
 		Sessions    int           `json:"sessions"`
 		Duration    time.Duration `json:"duration_ns"`
 		Concurrency int           `json:"concurrency"`
+		Rounds      int           `json:"rounds"`
 		Users       int           `json:"users"`
 		Messages    int           `json:"messages"`
 		MessageSize int           `json:"message_size"`
@@ -210,6 +221,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep.Machine.FileLimit = fileLimit()
 	rep.Options.Sessions, rep.Options.Duration, rep.Options.Concurrency = o.Sessions, o.Duration, o.Concurrency
+	rep.Options.Rounds = o.Rounds
 	rep.Options.Users, rep.Options.Messages, rep.Options.MessageSize = o.Users, o.Messages, o.MessageSize
 
 	dir := o.WorkDir
@@ -246,7 +258,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := b.seed(ctx, 5, messages, o.MessageSize); err != nil {
 		return nil, fmt.Errorf("backend: %w", err)
 	}
-	backendBase, _ := groupStats(b.pgid, false)
 
 	certPEM, keyPEM, pool, err := selfSigned()
 	if err != nil {
@@ -255,27 +266,43 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	env := &peerEnv{opts: &o, dir: dir, backend: b, certPEM: certPEM, keyPEM: keyPEM, pool: pool, slots: slots}
 	rep.Peers = describePeers(o.Targets, &o)
 
+	waitQuiet(ctx, b)
 	for _, sc := range o.Scenarios {
-		for _, tg := range o.Targets {
-			r := Result{Scenario: sc, Target: tg}
-			if why := available(tg, &o); why != "" {
-				r.Skipped = why
-				say("%s %s: skipped: %s", sc, tg, why)
-				rep.Results = append(rep.Results, r)
-				continue
+		rounds := o.Rounds
+		if sc == Idle {
+			rounds = 1
+		}
+		runs := make([][]Result, len(o.Targets))
+		for round := 1; round <= rounds; round++ {
+			for i, tg := range o.Targets {
+				if why := available(tg, &o); why != "" {
+					if round == 1 {
+						say("%s %s: skipped: %s", sc, tg, why)
+					}
+					runs[i] = append(runs[i], Result{Scenario: sc, Target: tg, Skipped: why})
+					continue
+				}
+				name := fmt.Sprintf("%s %s", sc, tg)
+				if rounds > 1 {
+					name += fmt.Sprintf(" (round %d of %d)", round, rounds)
+				}
+				say("%s: running", name)
+				r := Result{Scenario: sc, Target: tg}
+				runOne(ctx, env, &r)
+				if ctx.Err() != nil {
+					return rep, ctx.Err()
+				}
+				if r.Error != "" {
+					say("%s: FAILED: %s", name, r.Error)
+				} else {
+					say("%s: %s", name, summary(&r))
+				}
+				runs[i] = append(runs[i], r)
+				waitQuiet(ctx, b)
 			}
-			say("%s %s: running", sc, tg)
-			runOne(ctx, env, &r)
-			if ctx.Err() != nil {
-				return rep, ctx.Err()
-			}
-			if r.Error != "" {
-				say("%s %s: FAILED: %s", sc, tg, r.Error)
-			} else {
-				say("%s %s: %s", sc, tg, summary(&r))
-			}
-			rep.Results = append(rep.Results, r)
-			waitBackendSettled(ctx, b, backendBase, o.Concurrency+8)
+		}
+		for _, rs := range runs {
+			rep.Results = append(rep.Results, median(rs))
 		}
 	}
 	computeRatios(rep.Results)
@@ -339,6 +366,37 @@ func runOne(ctx context.Context, env *peerEnv, r *Result) {
 	}
 }
 
+// mainFigure is what rounds are compared by: logins/s, MB/s, or the p50 round trip.
+func mainFigure(r *Result) float64 {
+	if r.Scenario == Latency {
+		return float64(r.P50)
+	}
+	return r.Rate
+}
+
+// median returns the round whose main figure is the median (the lower one of the middle
+// two for an even count), with Rounds and Runs recording every round's main figure. A
+// failed or skipped round is returned instead, as the target's result.
+func median(rs []Result) Result {
+	for _, r := range rs {
+		if r.Error != "" || r.Skipped != "" {
+			return r
+		}
+	}
+	figs := make([]float64, len(rs))
+	for i := range rs {
+		figs[i] = mainFigure(&rs[i])
+	}
+	sorted := slices.Clone(rs)
+	slices.SortStableFunc(sorted, func(a, b Result) int { return cmp.Compare(mainFigure(&a), mainFigure(&b)) })
+	m := sorted[(len(sorted)-1)/2]
+	m.Rounds = len(rs)
+	if len(rs) > 1 {
+		m.Runs = figs
+	}
+	return m
+}
+
 // opsOf is the count ProxyCPUPerOp divides by.
 func opsOf(r *Result) float64 {
 	switch r.Scenario {
@@ -350,26 +408,23 @@ func opsOf(r *Result) float64 {
 	return float64(r.Count)
 }
 
-// waitBackendSettled waits (at most 30s) until the backend is quiet (under 5% of a core
-// over 200ms) and has at most slack processes more than after seeding: the imap processes
-// of the last scenario have exited, or are ready for reuse.
-func waitBackendSettled(ctx context.Context, b *backend, base procStats, slack int) {
-	if b.pgid == 0 {
+// waitQuiet waits (at most 10s) until the machine is quiet: all CPUs together busy less
+// than 15% of a core over 300ms. Dovecot has then finished with the last run's sessions. It
+// reads only /proc/stat: scanning thousands of backend processes would itself keep a core
+// busy. The in-process backend has nothing to finish: no wait.
+func waitQuiet(ctx context.Context, b *backend) {
+	if b.kind != "dovecot" {
 		return
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	prev, err := groupStats(b.pgid, false)
-	for err == nil && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(200 * time.Millisecond)
-		var st procStats
-		if st, err = groupStats(b.pgid, false); err != nil {
+	deadline := time.Now().Add(10 * time.Second)
+	prev := machineBusy()
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(300 * time.Millisecond)
+		cur := machineBusy()
+		if float64(cur-prev)/clockTick/0.3 < 0.15 {
 			return
 		}
-		busy := float64(st.CPUTicks-prev.CPUTicks) / clockTick / 0.2
-		if st.Procs <= base.Procs+slack && busy < 0.05 {
-			return
-		}
-		prev = st
+		prev = cur
 	}
 }
 
@@ -470,11 +525,15 @@ func describePeers(targets []string, o *Options) []string {
 		seen[bt] = true
 		switch bt {
 		case Imapgate:
-			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, GOMAXPROCS=%d (the default: every core), JSON logs at info, forward_client_ip to Dovecot",
-				runtime.Version(), nproc()))
+			fwd := ""
+			if o.Backend == "dovecot" {
+				fwd = ", forward_client_ip (an ID command before login)"
+			}
+			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, GOMAXPROCS=%d (the default: every core), JSON logs at info%s",
+				runtime.Version(), nproc(), fwd))
 		case DovecotProxy:
-			out = append(out, "dovecot-proxy: "+commandVersion("dovecot", "--version")+
-				", a second instance: passdb static proxy=y nopassword=y, imap-login service_count=0 (2 processes at start, at most 4), the backend checks the password")
+			out = append(out, "dovecot-proxy: Dovecot "+commandVersion("dovecot", "--version")+
+				" as a second instance: passdb static proxy=y nopassword=y (the backend checks the password), imap-login service_count=0 (2 processes at start, at most 4)")
 		case Nginx:
 			v := strings.TrimPrefix(commandVersion(nginxBinary(), "-v"), "nginx version: ")
 			out = append(out, fmt.Sprintf("nginx: %s mail proxy, worker_processes %d (one per core), auth_http served by the same nginx", v, nproc()))

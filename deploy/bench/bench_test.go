@@ -53,6 +53,27 @@ func TestPercentiles(t *testing.T) {
 	}
 }
 
+func TestMedian(t *testing.T) {
+	rs := []Result{
+		{Scenario: Logins, Rate: 500, Count: 1}, {Scenario: Logins, Rate: 300, Count: 2}, {Scenario: Logins, Rate: 400, Count: 3},
+	}
+	m := median(rs)
+	if m.Count != 3 || m.Rounds != 3 || len(m.Runs) != 3 || m.Runs[0] != 500 {
+		t.Errorf("median = %+v", m)
+	}
+	if got := runsText(&m); got != "500 300 400 logins/s" {
+		t.Errorf("runsText = %q", got)
+	}
+	lat := []Result{{Scenario: Latency, P50: 90_000}, {Scenario: Latency, P50: 70_000}}
+	if m := median(lat); m.P50 != 70_000 || runsText(&m) != "90 70 µs p50" {
+		t.Errorf("latency median = %+v, %q", m, runsText(&m))
+	}
+	rs[1].Error = "boom"
+	if m := median(rs); m.Error != "boom" {
+		t.Errorf("a failed round is not reported: %+v", m)
+	}
+}
+
 func TestBigMessage(t *testing.T) {
 	for _, size := range []int{1000, 1001, 1002, 1_000_000} {
 		m := bigMessage("a@b.example", 3, size)
@@ -195,7 +216,7 @@ func TestPeers(t *testing.T) {
 	var progress strings.Builder
 	rep, err := Run(context.Background(), Options{
 		Backend: "dovecot", Scenarios: []string{Latency}, Targets: targets,
-		Duration: 100 * time.Millisecond, Users: 2, Messages: 1, Sessions: 5, Concurrency: 2,
+		Duration: 100 * time.Millisecond, Users: 2, Messages: 1, Sessions: 5, Concurrency: 2, Rounds: 1,
 		WorkDir: t.TempDir(), Progress: &progress,
 	})
 	if err != nil {

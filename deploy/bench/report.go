@@ -25,8 +25,12 @@ func WriteTable(w io.Writer, rep *Report) error {
 		fmt.Fprintf(&b, "peer:     %s\n", p)
 	}
 	o := rep.Options
-	fmt.Fprintf(&b, "load:     %v per scenario and target; logins from %d workers; idle: %d sessions held %v\n\n",
-		o.Duration, o.Concurrency, o.Sessions, o.Duration)
+	rounds := ""
+	if o.Rounds > 1 {
+		rounds = fmt.Sprintf("; logins, throughput and latency: %d rounds, targets taking turns, the median shown", o.Rounds)
+	}
+	fmt.Fprintf(&b, "load:     %v per scenario and target; logins from %d workers; idle: %d sessions held %v%s\n\n",
+		o.Duration, o.Concurrency, o.Sessions, o.Duration, rounds)
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "scenario\ttarget\tresult\tvs\tcpu gen/proxy/backend/all\tdetails")
@@ -102,6 +106,9 @@ func row(r *Result) (result, vs, details string) {
 			vs = fmt.Sprintf("%.2f× %s", r.Ratio, ref)
 		}
 	}
+	if len(r.Runs) > 1 && !failed {
+		details += "; rounds " + runsText(r)
+	}
 	if failed {
 		if r.Count == 0 && r.Opened == 0 {
 			result = "FAILED"
@@ -123,6 +130,20 @@ func summary(r *Result) string {
 		s += " (" + vs + ")"
 	}
 	return s + "; " + details
+}
+
+// runsText lists every round's main figure, e.g. "465 593 512 MB/s".
+func runsText(r *Result) string {
+	parts := make([]string, len(r.Runs))
+	for i, f := range r.Runs {
+		if r.Scenario == Latency {
+			parts[i] = fmt.Sprintf("%.0f", f/1e3)
+		} else {
+			parts[i] = fmt.Sprintf("%.0f", f)
+		}
+	}
+	unit := map[string]string{Logins: " logins/s", Throughput: " MB/s", Latency: " µs p50"}[r.Scenario]
+	return strings.Join(parts, " ") + unit
 }
 
 func dur(d time.Duration) string {
