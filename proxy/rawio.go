@@ -32,98 +32,99 @@ func (wouldBlockError) Error() string   { return "read would block" }
 func (wouldBlockError) Timeout() bool   { return false }
 func (wouldBlockError) Temporary() bool { return true }
 
-// waitReadable parks the goroutine in the runtime's poller until the socket has a byte to
-// read, an EOF or an error, without holding any buffer. The callback must see EAGAIN from a
-// real syscall before returning false: the poller is edge-triggered, and a readiness event
-// from before this call has been reset. Once woken it returns without another syscall.
-func waitReadable(rc syscall.RawConn) error {
-	var b byte
-	woken := false
-	return rc.Read(func(fd uintptr) bool {
-		if woken {
-			return true
+// The system calls on the data path are made with syscall.RawSyscall, not syscall.Syscall
+// (which syscall.Read, net.Conn and os.File use). The sockets and pipes are non-blocking, so
+// these calls return at once. syscall.Syscall tells the scheduler a goroutine is entering a
+// system call, and when every P was idle that wakes the runtime's sysmon thread, which then
+// sleeps in 20 µs steps before going back to its deep sleep: a proxy that idles between
+// every message (the NOOP round trip) paid three extra context switches per message for it
+// (perf: do_nanosleep and futex_wait in sysmon, about 20 % of the proxy's samples).
+
+// sysRead is read(2) on a non-blocking descriptor.
+func sysRead(fd uintptr, b []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != syscall.EINTR {
+			return int(r), e
 		}
-		woken = true
-		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		return errno != syscall.EAGAIN
-	})
+	}
 }
 
-// readWait reads from a plain socket into a buffer taken from the pool only when there is
-// something to read: while the socket is empty the goroutine waits holding no buffer (*bp is
-// nil). The read that sees EAGAIN is the one that parks, so no readiness edge is missed and
-// no extra syscall is spent. (0, io.EOF) at the peer's FIN.
-func readWait(rc syscall.RawConn, bp **[]byte) (int, error) {
-	var (
-		n    int
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		if *bp == nil {
-			*bp = copyBufPool.Get().(*[]byte)
+// sysWrite is write(2) on a non-blocking descriptor.
+func sysWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != syscall.EINTR {
+			return int(r), e
 		}
-		for {
-			n, rerr = syscall.Read(int(fd), **bp)
-			switch rerr {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				copyBufPool.Put(*bp)
-				*bp = nil
-				return false
-			}
-			return true
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case rerr != nil:
-		return 0, os.NewSyscallError("read", rerr)
-	case n == 0:
-		return 0, io.EOF
 	}
-	return n, nil
+}
+
+// sysSplice is splice(2) between non-blocking descriptors, with no offsets.
+func sysSplice(in, out uintptr, n int) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall6(syscall.SYS_SPLICE, in, 0, out, 0, uintptr(n), spliceFlags)
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
 }
 
 // readNonblock reads what the socket has now: (0, errWouldBlock) when nothing, (0, io.EOF)
 // at the peer's FIN.
-func readNonblock(rc syscall.RawConn, b []byte) (int, error) {
-	var (
-		n    int
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = syscall.Read(int(fd), b)
-			if rerr != syscall.EINTR {
-				return true
-			}
-		}
-	})
+func readNonblock(fd uintptr, b []byte) (int, error) {
+	n, e := sysRead(fd, b)
 	switch {
-	case err != nil:
-		return 0, err
-	case rerr == syscall.EAGAIN:
+	case e == syscall.EAGAIN:
 		return 0, errWouldBlock
-	case rerr != nil:
-		return 0, os.NewSyscallError("read", rerr)
-	case n == 0:
+	case e != 0:
+		return 0, os.NewSyscallError("read", e)
+	case n == 0 && len(b) > 0:
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
+// writeAll writes b to the socket, parking in the poller while its send buffer is full.
+// Write deadlines apply (kick's BYE sets one).
+func writeAll(rc syscall.RawConn, b []byte) error {
+	var werr error
+	err := rc.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			n, e := sysWrite(fd, b)
+			switch e {
+			case 0:
+				b = b[n:]
+			case syscall.EAGAIN:
+				return false
+			default:
+				werr = os.NewSyscallError("write", e)
+				return true
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
 // nbConn is the TCP connection under a *tls.Conn. Until nonblocking is set it behaves as
 // the connection it wraps (handshake and pre-auth use ordinary blocking reads with
-// deadlines); afterwards its Read returns errWouldBlock instead of waiting, so the copy loop
-// can give its buffer back and wait for readability with nothing held.
+// deadlines). Afterwards the copy loop reads through it only from inside the socket's
+// RawConn.Read callback (between enter and leave), where a Read never blocks: it returns
+// errWouldBlock when the socket is empty, so the loop can give its buffer back and park with
+// nothing held. Writes then go through writeAll.
 type nbConn struct {
 	net.Conn
 	rc          syscall.RawConn
 	prefix      []byte // bytes read ahead before the TLS handshake (after STARTTLS)
 	nonblocking atomic.Bool
+
+	// Set by enter, used by the one goroutine that reads after login.
+	fd     uintptr
+	inside bool
 }
 
 // newNBConn wraps c if it is a socket (syscall.Conn); otherwise it returns nil and the
@@ -140,6 +141,11 @@ func newNBConn(c net.Conn, prefix []byte) *nbConn {
 	return &nbConn{Conn: c, rc: rc, prefix: prefix}
 }
 
+// enter is called at the start of each RawConn.Read callback invocation with its descriptor;
+// leave at its end.
+func (c *nbConn) enter(fd uintptr) { c.fd, c.inside = fd, true }
+func (c *nbConn) leave()           { c.inside = false }
+
 func (c *nbConn) Read(b []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(b, c.prefix)
@@ -149,7 +155,20 @@ func (c *nbConn) Read(b []byte) (int, error) {
 	if !c.nonblocking.Load() {
 		return c.Conn.Read(b)
 	}
-	return readNonblock(c.rc, b)
+	if !c.inside {
+		return 0, errWouldBlock // not from the copy loop, the only reader after login
+	}
+	return readNonblock(c.fd, b)
+}
+
+func (c *nbConn) Write(b []byte) (int, error) {
+	if !c.nonblocking.Load() {
+		return c.Conn.Write(b)
+	}
+	if err := writeAll(c.rc, b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // A pipe for splice(2), from the pool.
@@ -207,16 +226,13 @@ func (p *pipe) close() {
 
 const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 
-// spliceIn moves what src has into a pipe, taken from the pool (into *pp) only when there is
-// something to move: while the socket is empty the goroutine waits holding no pipe. The
-// pipe is empty when a splice into it starts (the caller drains each chunk), so EAGAIN can
-// only mean "socket empty", and the splice that sees it is the one that parks. (0, nil) at
-// EOF.
-//
-// With wait false it does not park: EAGAIN gives the pipe back and returns errWouldBlock.
-func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (int, error) {
+// spliceIn moves what src has now into a pipe, taken from the pool (into *pp) only when
+// there is something to move. The pipe is empty when a splice into it starts (the caller
+// drains each chunk), so EAGAIN can only mean "socket empty": then the pipe goes back to the
+// pool and spliceIn returns errWouldBlock. (0, nil) at EOF.
+func spliceIn(src syscall.RawConn, pp **pipe) (int, error) {
 	var (
-		n    int64
+		n    int
 		serr error
 	)
 	err := src.Read(func(fd uintptr) bool {
@@ -225,28 +241,23 @@ func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (int, error) {
 				return true
 			}
 		}
-		for {
-			n, serr = syscall.Splice(int(fd), nil, (*pp).w, nil, pipeSize, spliceFlags)
-			switch serr {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				putPipe(*pp)
-				*pp = nil
-				return !wait
-			}
-			return true
+		var e syscall.Errno
+		n, e = sysSplice(fd, uintptr((*pp).w), pipeSize)
+		switch e {
+		case 0:
+		case syscall.EAGAIN:
+			putPipe(*pp)
+			*pp = nil
+			serr = errWouldBlock
+		default:
+			serr = os.NewSyscallError("splice", e)
 		}
+		return true
 	})
-	switch {
-	case err != nil:
+	if err != nil {
 		return 0, err
-	case serr == syscall.EAGAIN:
-		return 0, errWouldBlock
-	case serr != nil:
-		return 0, os.NewSyscallError("splice", serr)
 	}
-	return int(n), nil
+	return n, serr
 }
 
 // spliceOut moves n bytes from p to dst, waiting for dst to be writable as needed.
@@ -254,11 +265,10 @@ func spliceOut(dst syscall.RawConn, p *pipe, n int) error {
 	var serr error
 	err := dst.Write(func(fd uintptr) bool {
 		for n > 0 {
-			m, e := syscall.Splice(p.r, nil, int(fd), nil, n, spliceFlags)
+			m, e := sysSplice(uintptr(p.r), fd, n)
 			switch e {
-			case nil:
-				n -= int(m)
-			case syscall.EINTR:
+			case 0:
+				n -= m
 			case syscall.EAGAIN:
 				return false // the socket's send buffer is full: wait until writable
 			default:

@@ -76,26 +76,31 @@ func TestTLSReadResumesAfterWouldBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	nb.nonblocking.Store(true)
-	src := &endpoint{conn: server, rc: nb.rc, nb: nb, tls: true}
 	var got bytes.Buffer
 	buf := make([]byte, 4096)
 	wouldBlocks := 0
-	for {
-		n, err := src.read(buf)
-		got.Write(buf[:n])
-		if err == errWouldBlock {
-			wouldBlocks++
-			if err := waitReadable(nb.rc); err != nil {
-				t.Fatal(err)
+	var rerr error
+	// As pump reads: inside one RawConn.Read, parking on "would block".
+	err = nb.rc.Read(func(fd uintptr) bool {
+		nb.enter(fd)
+		defer nb.leave()
+		for {
+			n, err := server.Read(buf)
+			got.Write(buf[:n])
+			switch {
+			case err == errWouldBlock:
+				wouldBlocks++
+				return false
+			case err == io.EOF:
+				return true
+			case err != nil:
+				rerr = err
+				return true
 			}
-			continue
 		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	})
+	if err != nil || rerr != nil {
+		t.Fatal(err, rerr)
 	}
 	if !bytes.Equal(got.Bytes(), want) {
 		t.Fatalf("got %d bytes, want %d identical", got.Len(), len(want))
@@ -202,6 +207,23 @@ func TestCopyConnBulk(t *testing.T) {
 			}
 			if !bytes.Equal(got, want) {
 				t.Fatalf("received %d bytes, not the %d sent", len(got), len(want))
+			}
+		})
+	}
+}
+
+// The last short message and the FIN often arrive together, and the read that takes the
+// message also takes the FIN: no readiness edge follows. The copy must still see EOF
+// (parking after every short read did not; the client's "a LOGOUT" then hung its session).
+func TestCopyConnShortMessageThenFIN(t *testing.T) {
+	for _, tc := range copyModes {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 20 {
+				msg := []byte("* BYE Logging out\r\na OK Logout completed.\r\n")
+				got, n, err := newCopyRig(t, tc.srcTLS, tc.dstTLS).run(msg, true)
+				if err != nil || n != int64(len(msg)) || !bytes.Equal(got, msg) {
+					t.Fatalf("copyConn = %d, %v; received %q", n, err, got)
+				}
 			}
 		})
 	}
