@@ -59,6 +59,10 @@ type Options struct {
 	LoginTimeout time.Duration
 	// Metrics receives counts and timings of the data path. Nil means none are kept.
 	Metrics Metrics
+	// DormantAfter is how long one direction of a logged-in session may be silent before
+	// its goroutine ends and the server's shared poller waits for it instead (dormant.go):
+	// an idle session then holds no goroutine stack. Zero means 2 s; negative, never.
+	DormantAfter time.Duration
 }
 
 // Metrics receives events from the data path, to be turned into Prometheus metrics (package

@@ -27,6 +27,11 @@ type Server struct {
 	closed    bool
 	wg        sync.WaitGroup
 	traces    traceSet
+
+	// Started by the first Serve: the dormancy poller and its sweeper (dormant.go).
+	bgOnce    sync.Once
+	dormancy  *dormancy // nil: flows never go dormant
+	sweepStop chan struct{}
 }
 
 // New returns a Server. It starts nothing until Serve is called.
@@ -82,6 +87,7 @@ func (s *Server) Serve(ln net.Listener, lo ListenerOptions) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
+	s.bgOnce.Do(s.startBackground)
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -167,9 +173,40 @@ func (s *Server) Close() error {
 	for sess := range s.sessions {
 		sess.interrupt()
 	}
+	stop, d := s.sweepStop, s.dormancy
+	s.sweepStop = nil
 	s.mu.Unlock()
+	if stop != nil {
+		close(stop)
+	}
 	s.wg.Wait()
+	if d != nil {
+		d.close()
+	}
 	return nil
+}
+
+// startBackground starts the dormancy poller and its sweeper, unless DormantAfter is
+// negative. Without an epoll instance the proxy works on, with a goroutine per direction.
+func (s *Server) startBackground() {
+	every := s.dormantAfter()
+	if every < 0 {
+		return
+	}
+	d, err := newDormancy()
+	if err != nil {
+		s.log.Warn("idle sessions keep their goroutines: no dormancy poller", zap.Error(err))
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		d.close()
+		return
+	}
+	s.dormancy, s.sweepStop = d, make(chan struct{})
+	go d.run()
+	go s.sweepLoop(every/2, s.sweepStop)
 }
 
 // ActiveSessions returns how many sessions are open (before and after login).

@@ -51,7 +51,8 @@ type session struct {
 
 	mu       sync.Mutex // guards spliced, the login fields and observer against other goroutines
 	spliced  bool
-	observer *trafficObserver // the traffic observer after login, or nil
+	sp       atomic.Pointer[spliceState] // set with spliced; read by interrupt and the sweeper
+	observer *trafficObserver            // the traffic observer after login, or nil
 	// clientWMu serialises writes to the client after login between the backend→client copy
 	// and a kick's BYE.
 	clientWMu sync.Mutex
@@ -352,8 +353,7 @@ func (s *session) interrupt() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.spliced {
-		_ = s.raw.Close()
-		_ = s.up.raw.Close()
+		s.sp.Load().closeAll()
 		return
 	}
 	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
@@ -426,11 +426,9 @@ func (s *session) run(finish func()) (spliced bool) {
 		s.endBeforeSplice()
 		return false
 	}
-	s.spliced = true
-	s.mu.Unlock()
 	s.srv.metrics.SessionStarted(s.shard, s.backend)
 	spliceStart := time.Now()
-	s.splice(func() {
+	sp := s.splice(func() {
 		s.srv.metrics.SessionEnded(s.shard, s.backend, time.Since(spliceStart))
 		if s.closing.Load() {
 			s.closedBy = "proxy"
@@ -442,6 +440,10 @@ func (s *session) run(finish func()) (spliced bool) {
 		s.cancel()
 		finish()
 	})
+	s.sp.Store(sp)
+	s.spliced = true
+	s.mu.Unlock()
+	sp.start()
 	return true
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,50 +31,148 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); re
 // are closed.
 const halfCloseLinger = 5 * time.Second
 
-// splice starts copying client→backend and backend→client, each in a new goroutine, and
-// returns at once: the session goroutine, whose stack grew during the pre-auth conversation,
-// ends, so an idle session holds only the two small stacks of its copy loops. When both
-// directions have ended, the last one closes both connections and calls done. It records
-// byte counts, who closed first and the first real error.
-func (s *session) splice(done func()) {
+// splice starts copying client→backend and backend→client, each a flow with a goroutine of
+// its own, and returns at once: the session goroutine, whose stack grew during the pre-auth
+// conversation, ends. A flow that stays quiet goes dormant (dormant.go): its goroutine ends
+// too, and the server's dormancy poller starts a new one when bytes come. When both flows
+// have ended, the last one closes both connections and calls done. The splice records byte
+// counts, who closed first and the first real error.
+//
+// The caller holds s.mu: from then on interrupt reaches the flows through s.sp.
+func (s *session) splice(done func()) *spliceState {
 	sp := &spliceState{s: s, done: done}
 	client := makeEndpoint(s.raw, s.conn, s.nb)
 	backend := makeEndpoint(s.up.raw, s.up.conn, s.up.nb)
+	sp.flows[0] = sp.newFlow(backend, client, s.raw, &s.c2b, "client")
+	sp.flows[1] = sp.newFlow(client, backend, s.up.raw, &s.b2c, "backend")
 	sp.left.Store(2)
-	go sp.direction(backend, client, &s.c2b, "client")
-	go sp.direction(client, backend, &s.b2c, "backend")
+	return sp
 }
 
-// spliceState is shared by a session's two copy goroutines.
+// start starts both flows' goroutines.
+func (sp *spliceState) start() {
+	for _, f := range sp.flows {
+		go f.run()
+	}
+}
+
+// spliceState is shared by a session's two flows.
 type spliceState struct {
 	s        *session
 	done     func()
+	flows    [2]*flow
 	left     atomic.Int32
+	closed   atomic.Bool
 	once     sync.Once
 	mu       sync.Mutex
 	firstEnd string
 	timer    *time.Timer
 }
 
+// closeAll closes both connections and wakes any dormant flow, so it sees the close and
+// ends. Safe to call from any goroutine, any number of times.
 func (sp *spliceState) closeAll() {
 	sp.once.Do(func() {
+		sp.closed.Store(true)
 		_ = sp.s.raw.Close()
 		_ = sp.s.up.raw.Close()
+		for _, f := range sp.flows {
+			f.wake()
+		}
 	})
 }
 
-// direction is one copy goroutine; named so it shows in stack dumps.
-func (sp *spliceState) direction(dst, src *endpoint, n *atomic.Int64, from string) {
+// flow is one direction of a spliced session: it reads from src ("client" or "backend", in
+// from) and writes to dst.
+type flow struct {
+	sp       *spliceState
+	dst, src *endpoint
+	srcRaw   net.Conn // the socket under src, for the sweeper's read deadline
+	acc      accounting
+	from     string
+
+	state    atomic.Int32 // flowRunning (a goroutine owns the flow) or flowDormant
+	sleepReq atomic.Bool  // the sweeper has asked the flow to go dormant
+	busy     atomic.Bool  // bytes moved since the sweeper last looked
+	quiet    int          // sweeps in a row that found the flow quiet; the sweeper's own
+	id       uint64       // key in the dormancy table, 0 until the flow first goes dormant
+	watched  bool         // registered with the dormancy epoll; guarded by dormancy.mu
+}
+
+const (
+	flowRunning int32 = iota
+	flowDormant
+)
+
+func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.Int64, from string) *flow {
 	s := sp.s
-	acc := accounting{count: n, m: s.srv.metrics, dir: metricDir[from]}
+	f := &flow{sp: sp, dst: dst, src: src, srcRaw: srcRaw, from: from}
+	f.acc = accounting{count: n, m: s.srv.metrics, dir: metricDir[from], busy: &f.busy}
 	if obs := s.observer; obs != nil {
+		acc := &f.acc
 		acc.tap = obs.fromClient
 		if from == "backend" {
 			acc.tap, acc.wmu = obs.fromBackend, &s.clientWMu
 		}
 	}
-	_, err := copyConn(dst, src, acc)
-	sp.ended(dst, from, err)
+	f.busy.Store(true)
+	return f
+}
+
+// run is a flow's goroutine; named so it shows in stack dumps. It copies until the flow
+// ends, or until it goes dormant at the sweeper's request.
+func (f *flow) run() {
+	for {
+		_, err := copyConn(f.dst, f.src, f.acc)
+		if err != nil && f.sleepReq.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+			f.sleepReq.Store(false)
+			_ = f.srcRaw.SetReadDeadline(time.Time{})
+			if f.sp.s.srv.dormancy.sleep(f) {
+				return
+			}
+			continue
+		}
+		f.sp.s.srv.dormancy.forget(f)
+		f.sp.ended(f, err)
+		return
+	}
+}
+
+// wake gives a dormant flow a goroutine again.
+func (f *flow) wake() {
+	if f.state.CompareAndSwap(flowDormant, flowRunning) {
+		go f.run()
+	}
+}
+
+// ended handles the end of one flow; the last one to end finishes the session.
+func (sp *spliceState) ended(f *flow, err error) {
+	s := sp.s
+	sp.mu.Lock()
+	if sp.firstEnd == "" {
+		sp.firstEnd = f.from
+	}
+	if err != nil && !isClosedConnErr(err) && s.endErr == nil && !s.closing.Load() {
+		s.endErr = err
+	}
+	switch {
+	case err != nil, f.from == "backend":
+		// When the backend has closed, nothing the client sends can be answered any more:
+		// end now.
+		if err == nil {
+			closeWrite(f.dst.conn)
+		}
+		sp.mu.Unlock()
+		sp.closeAll()
+	default:
+		// The client has closed its half: pass the half-close on; the backend may still
+		// answer what it sent last (LOGOUT): give it a little while.
+		closeWrite(f.dst.conn)
+		if sp.timer == nil {
+			sp.timer = time.AfterFunc(halfCloseLinger, sp.closeAll)
+		}
+		sp.mu.Unlock()
+	}
 	if sp.left.Add(-1) == 0 {
 		sp.mu.Lock()
 		if sp.timer != nil {
@@ -83,34 +182,6 @@ func (sp *spliceState) direction(dst, src *endpoint, n *atomic.Int64, from strin
 		sp.closeAll()
 		s.closedBy = sp.firstEnd
 		sp.done()
-	}
-}
-
-// ended handles the end of one direction.
-func (sp *spliceState) ended(dst *endpoint, from string, err error) {
-	s := sp.s
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	if sp.firstEnd == "" {
-		sp.firstEnd = from
-	}
-	if err != nil && !isClosedConnErr(err) && s.endErr == nil && !s.closing.Load() {
-		s.endErr = err
-	}
-	if err != nil {
-		sp.closeAll()
-		return
-	}
-	// EOF: pass the half-close on. When the backend has closed, nothing the client sends can
-	// be answered any more: end now. When the client has closed its half, the backend may
-	// still answer what it sent last (LOGOUT): give it a little while.
-	closeWrite(dst.conn)
-	if from == "backend" {
-		sp.closeAll()
-		return
-	}
-	if sp.timer == nil {
-		sp.timer = time.AfterFunc(halfCloseLinger, sp.closeAll)
 	}
 }
 
@@ -179,6 +250,7 @@ type accounting struct {
 	dir   string
 	tap   func([]byte) // nil without the observer; must not modify or keep its argument
 	wmu   *sync.Mutex  // if set, held around tap and write (kick's BYE takes it too)
+	busy  *atomic.Bool // if set, marked at every wake-up with bytes, for the sweeper
 }
 
 // write shows b to the tap and writes it to dst: through crypto/tls, or straight to the
@@ -222,6 +294,9 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 		if src.nb != nil {
 			src.nb.enter(fd)
 			defer src.nb.leave()
+		}
+		if acc.busy != nil {
+			acc.busy.Store(true)
 		}
 		bp := copyBufPool.Get().(*[]byte)
 		defer copyBufPool.Put(bp)
