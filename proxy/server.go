@@ -131,8 +131,6 @@ func (s *Server) startSession(conn net.Conn, lo *ListenerOptions) {
 		cancel: cancel,
 		raw:    conn,
 	}
-	sess.log = s.log.With(zap.String("session", sess.id), zap.String("listener", lo.Name),
-		zap.String("client", conn.RemoteAddr().String()))
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

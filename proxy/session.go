@@ -28,7 +28,6 @@ type session struct {
 	srv   *Server
 	lo    *ListenerOptions
 	start time.Time
-	log   *zap.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -180,7 +179,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.loginTimeout())
 	defer cancel()
-	log := s.log.With(zap.String("user", cr.user), zap.String("mechanism", mech))
+	log := s.logger().With(zap.String("user", cr.user), zap.String("mechanism", mech))
 
 	req := routing.Request{
 		User:      cr.user,
@@ -342,6 +341,7 @@ func (s *session) handoff(tag string, res *loginResult) error {
 	// straight between the connections.
 	s.release()
 	s.up.releaseReader()
+	s.up.caps, s.up.wbuf = capSet{}, nil // login state, not needed any more
 	return nil
 }
 
@@ -349,14 +349,22 @@ func (s *session) handoff(tag string, res *loginResult) error {
 // the session loop says BYE; after handoff both connections are closed.
 func (s *session) interrupt() {
 	s.closing.Store(true)
-	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.spliced {
 		s.sp.Load().closeAll()
 		return
 	}
+	s.cancel()
 	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
+}
+
+// logger is the session's logger. It is made for each use (a session logs two or three
+// lines) rather than kept: zap's With holds an encoder and a 1 KiB buffer, which was a tenth
+// of an idle session's memory.
+func (s *session) logger() *zap.Logger {
+	return s.srv.log.With(zap.String("session", s.id), zap.String("listener", s.lo.Name),
+		zap.String("client", s.raw.RemoteAddr().String()))
 }
 
 // kick ends a logged-in session on an operator's request (Server.Kick). A client between
@@ -392,7 +400,7 @@ func (s *session) startObserver() {
 	}
 	o := newTrafficObserver(s.srv.metrics)
 	if traced {
-		o.trace, o.traceUntil = s.log.With(zap.String("user", s.user)), until
+		o.trace, o.traceUntil = s.logger().With(zap.String("user", s.user)), until
 	}
 	s.observer = o
 }
@@ -437,11 +445,14 @@ func (s *session) run(finish func()) (spliced bool) {
 			s.closedBy = "kick"
 		}
 		s.logEnd()
-		s.cancel()
 		finish()
 	})
 	s.sp.Store(sp)
 	s.spliced = true
+	// The context only served the login; dropping it now frees what it holds (interrupt
+	// uses the splice from here on).
+	s.cancel()
+	s.ctx, s.cancel = nil, nil
 	s.mu.Unlock()
 	sp.start()
 	return true
@@ -472,5 +483,5 @@ func (s *session) logEnd() {
 	if s.observer != nil {
 		fields = append(fields, s.observer.end()...)
 	}
-	s.log.Info("session end", fields...)
+	s.logger().Info("session end", fields...)
 }
