@@ -129,7 +129,7 @@ func (s *Server) startSession(conn net.Conn, lo *ListenerOptions) {
 		start:  time.Now(),
 		ctx:    ctx,
 		cancel: cancel,
-		raw:    conn,
+		raw:    newSockConn(conn),
 	}
 	s.mu.Lock()
 	if s.closed {

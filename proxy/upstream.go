@@ -74,11 +74,12 @@ func (u *upstream) nextTag() string {
 // dialUpstream connects to be, does TLS as configured, reads the greeting and learns the
 // capabilities. Errors are *backendUnavailableError or *backendProtocolError.
 func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duration) (*upstream, error) {
-	d := net.Dialer{Timeout: timeout, KeepAlive: 0}
+	d := net.Dialer{Timeout: timeout, KeepAliveConfig: keepAlive}
 	raw, err := d.DialContext(ctx, "tcp", be.Address)
 	if err != nil {
 		return nil, &backendUnavailableError{addr: be.Address, err: err}
 	}
+	raw = newSockConn(raw)
 	u := &upstream{backend: be, raw: raw, conn: raw}
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
