@@ -373,13 +373,34 @@ func TestUpstreamStartTLSInjectionRefused(t *testing.T) {
 	}
 }
 
+// A backend that refuses the pipelined ID still gets the login, here with a synchronising
+// literal: the ID's answer is read before the continuation request.
+func TestUpstreamPipelinedIDRefusedThenLiteralLogin(t *testing.T) {
+	addr := scriptedBackend(t, func(s *transcript) {
+		s.send("* OK [CAPABILITY IMAP4rev1 ID] ready\r\n")
+		s.expect("ig1 ID …")
+		s.expect(`ig2 LOGIN "alice" {6}`)
+		s.send("ig1 BAD Not now\r\n+ Ready for literal data\r\n")
+		s.expect("pässw")
+		s.send("ig2 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+	})
+	tp := startProxy(t, toBackends(&routing.Backend{Address: addr, ForwardClientIP: true}),
+		ListenerOptions{AllowPlaintextAuth: true})
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("c1 LOGIN alice {6+}\r\npässw\r\n")
+	c.expect("c1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
+}
+
 func TestUpstreamForwardsClientAddressInID(t *testing.T) {
 	got := make(chan string, 1)
 	addr := scriptedBackend(t, func(s *transcript) {
 		s.send("* OK [CAPABILITY IMAP4rev1 ID SASL-IR AUTH=PLAIN] ready\r\n")
 		got <- s.line()
-		s.send("* ID NIL\r\nig1 OK ID done\r\n")
+		// The login comes pipelined behind the ID, before the ID is answered: one round
+		// trip for both.
 		s.expect("ig2 AUTHENTICATE PLAIN AGFsaWNlAGFsaWNl") // \0alice\0alice
+		s.send("* ID NIL\r\nig1 OK ID done\r\n")
 		s.send("ig2 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
 	})
 	tp := startProxy(t, toBackends(&routing.Backend{Address: addr, ForwardClientIP: true}),

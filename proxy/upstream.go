@@ -40,6 +40,11 @@ type upstream struct {
 	tls     bool
 	// wbuf is reused for building command lines.
 	wbuf []byte
+	// pending is a command written together with the next one (the ID before the login:
+	// one round trip instead of two, RFC 9051 section 5.5 allows the pipelining); idTag is
+	// its tag, whose completion settle reads before anything else.
+	pending []byte
+	idTag   string
 }
 
 // credentials are what the client gave: never logged.
@@ -259,10 +264,32 @@ func (u *upstream) forwardID(ci clientInfo) error {
 		b = appendQuoted(b, p[1])
 	}
 	b = append(b, ")\r\n"...)
-	u.wbuf = b
+	// Sent with the login command that follows; its answer is read first (settle).
+	u.pending, u.wbuf = b, nil
+	u.idTag = tag
+	return nil
+}
+
+// write writes b, after any pending command, in one write.
+func (u *upstream) write(b []byte) error {
+	if len(u.pending) > 0 {
+		b = append(u.pending, b...)
+		u.pending = nil
+	}
 	if _, err := u.conn.Write(b); err != nil {
 		return u.unavailable(err)
 	}
+	return nil
+}
+
+// settle reads the completion of a pipelined ID, whatever it says (a backend that refuses
+// ID still gets the login).
+func (u *upstream) settle() error {
+	if u.idTag == "" {
+		return nil
+	}
+	tag := u.idTag
+	u.idTag = ""
 	_, err := u.readUntilTagged(tag, nil)
 	return err
 }
@@ -291,6 +318,9 @@ func (u *upstream) login(cr credentials) (*loginResult, error) {
 		tag, err = u.loginCommand(cr)
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := u.settle(); err != nil {
 		return nil, err
 	}
 	var untaggedCaps capSet
@@ -336,15 +366,15 @@ func (u *upstream) authenticatePlain(cr credentials, saslIR bool) (string, error
 		b = append(b, ir...)
 		b = append(b, "\r\n"...)
 		u.wbuf = b
-		if _, err := u.conn.Write(b); err != nil {
-			return "", u.unavailable(err)
+		if err := u.write(b); err != nil {
+			return "", err
 		}
 		return tag, nil
 	}
 	b = append(b, "\r\n"...)
 	u.wbuf = b
-	if _, err := u.conn.Write(b); err != nil {
-		return "", u.unavailable(err)
+	if err := u.write(b); err != nil {
+		return "", err
 	}
 	if err := u.expectContinuation(tag); err != nil {
 		return "", err
@@ -380,8 +410,8 @@ func (u *upstream) loginCommand(cr credentials) (string, error) {
 			b = append(b, "+}\r\n"...)
 		} else {
 			b = append(b, "}\r\n"...)
-			if _, err := u.conn.Write(b); err != nil {
-				return "", u.unavailable(err)
+			if err := u.write(b); err != nil {
+				return "", err
 			}
 			b = b[:0]
 			if err := u.expectContinuation(tag); err != nil {
@@ -392,8 +422,8 @@ func (u *upstream) loginCommand(cr credentials) (string, error) {
 	}
 	b = append(b, "\r\n"...)
 	u.wbuf = b
-	if _, err := u.conn.Write(b); err != nil {
-		return "", u.unavailable(err)
+	if err := u.write(b); err != nil {
+		return "", err
 	}
 	return tag, nil
 }
@@ -401,6 +431,9 @@ func (u *upstream) loginCommand(cr credentials) (string, error) {
 // expectContinuation reads until a "+" continuation request. A tagged completion instead
 // means the backend refused the command.
 func (u *upstream) expectContinuation(tag string) error {
+	if err := u.settle(); err != nil {
+		return err
+	}
 	for {
 		r, err := readResponse(u.br)
 		if err != nil {
