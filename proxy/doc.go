@@ -15,7 +15,13 @@
 //	upstream.go upstream login: dial, TLS or STARTTLS, CAPABILITY, ID forwarding of the client
 //	            address (Dovecot's x-originating-ip), AUTHENTICATE PLAIN or LOGIN
 //	response.go the backend response reader used by the upstream login
-//	splice.go   splice: raw bytes both ways, splice(2) between plain TCP connections
+//	splice.go   splice: raw bytes both ways, one flow (goroutine) per direction; short
+//	            messages through a pooled buffer, bulk bursts by splice(2) between plain TCP
+//	rawio.go    the system calls under it: non-blocking reads and writes through
+//	            RawSyscall, waits in the runtime's poller, pooled pipes, TLS without blocking
+//	dormant.go  a flow silent for Options.DormantAfter hands its wait to a shared epoll
+//	            poller and its goroutine ends: an idle session holds no goroutine
+//	observe.go  the optional traffic observer (commands, IDLE, timings) on the copied bytes
 //
 // After the handoff the proxy does not parse IMAP: bytes the client pipelined after its LOGIN
 // and bytes the backend sent after its OK are delivered first, then the streams are copied
@@ -26,8 +32,10 @@
 // does not verify passwords itself (the backend does; pass-through authentication), does not
 // load configuration (package config) or certificates (package tlsconf).
 //
-// Connection ownership: a Server owns every connection it accepts; the session goroutine
-// that serves it closes it, together with the backend connection it dialed. Other goroutines
-// (Server.Close) only interrupt a session: before login it answers BYE, after login both
-// connections are closed.
+// Connection ownership: a Server owns every connection it accepts. Until the handoff the
+// session goroutine that serves it owns it and the backend connection it dialed. From the
+// handoff the splice owns both: whichever flow ends last closes them, and a dormant flow is
+// owned by the dormancy poller until it hands it a new goroutine. Other goroutines
+// (Server.Close, Kick) only interrupt a session: before login it answers BYE, after login
+// both connections are closed and dormant flows are woken to see it.
 package proxy

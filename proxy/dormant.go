@@ -3,7 +3,9 @@ package proxy
 import (
 	"errors"
 	"os"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -60,6 +62,8 @@ type dormancy struct {
 	flows  map[uint64]*flow // dormant or once dormant flows of live sessions, by id
 	nextID uint64
 	closed bool
+
+	slept atomic.Int64 // flows that went dormant, ever; the sweeper's reclaim trigger
 }
 
 var errDormancyClosed = errors.New("dormancy poller closed")
@@ -96,6 +100,7 @@ func (d *dormancy) sleep(f *flow) bool {
 	if f.sp.closed.Load() && f.state.CompareAndSwap(flowDormant, flowRunning) {
 		return false
 	}
+	d.slept.Add(1)
 	if testHookDormant != nil {
 		testHookDormant(f)
 	}
@@ -208,18 +213,33 @@ func (f *flow) sweep() {
 	_ = f.srcRaw.SetReadDeadline(time.Unix(1, 0))
 }
 
+// reclaimAfter is how many flows must have gone dormant since the last reclaim before the
+// sweeper hands their stacks back to the operating system: 1024 goroutine stacks of at least
+// 4 KiB.
+const reclaimAfter = 1024
+
 // sweepLoop is the sweeper's goroutine, until stop is closed.
 //
 // It walks the session registry under the server's lock each interval: cheap for the
 // hundreds of thousands of sessions of one process (a few atomic operations each).
+//
+// It also returns memory: the stacks of goroutines that ended stay with the runtime until a
+// garbage collection, which an idle proxy (allocating nothing) may not have for minutes.
+// When reclaimAfter flows have gone dormant since the last time, at most once an interval,
+// it runs debug.FreeOSMemory: a collection, then every free page back to the system.
 func (s *Server) sweepLoop(interval time.Duration, stop <-chan struct{}) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var reclaimed int64
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
+		}
+		if n := s.dormancy.slept.Load(); n-reclaimed >= reclaimAfter {
+			reclaimed = n
+			debug.FreeOSMemory()
 		}
 		s.mu.Lock()
 		for sess := range s.sessions {
