@@ -68,6 +68,8 @@ func exercise(m *Metrics) {
 	m.Command("FETCH", 3*time.Millisecond)
 	m.Idle(1)
 	m.Idle(-1)
+	m.Dormant(1)
+	m.Dormant(-1)
 	m.SessionEnded("a", "10.0.0.1:143", time.Minute)
 	m.ConnClosed("imaps")
 }

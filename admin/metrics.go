@@ -70,6 +70,7 @@ type Metrics struct {
 	commands      *prometheus.CounterVec
 	cmdDuration   *prometheus.HistogramVec
 	idle          prometheus.Gauge
+	dormant       prometheus.Gauge
 
 	listeners sync.Map // listener name → *listenerMetrics
 	cmds      sync.Map // command name → *commandMetrics
@@ -140,6 +141,10 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 			Name: "imapgate_imap_idle_sessions",
 			Help: "Sessions in IDLE now, as the traffic observer sees them.",
 		}),
+		dormant: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "imapgate_dormant_directions",
+			Help: "Directions of logged-in sessions silent long enough to wait in the shared poller, holding no goroutine.",
+		}),
 	}
 	m.c2b = m.bytes.WithLabelValues(DirClientToBackend)
 	m.b2c = m.bytes.WithLabelValues(DirBackendToClient)
@@ -163,7 +168,7 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 
 	m.reg.MustRegister(m.connActive, m.connTotal, m.logins, m.loginDuration, m.upConnect,
-		m.sessActive, m.bytes, m.sessDuration, m.commands, m.cmdDuration, m.idle, build)
+		m.sessActive, m.bytes, m.sessDuration, m.commands, m.cmdDuration, m.idle, m.dormant, build)
 	if !opts.NoRuntimeCollectors {
 		m.reg.MustRegister(collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -273,3 +278,6 @@ func (m *Metrics) Command(name string, d time.Duration) {
 
 // Idle implements proxy.Metrics.
 func (m *Metrics) Idle(delta int) { m.idle.Add(float64(delta)) }
+
+// Dormant implements proxy.Metrics.
+func (m *Metrics) Dormant(delta int) { m.dormant.Add(float64(delta)) }

@@ -36,6 +36,7 @@ func TestMetricsHooks(t *testing.T) {
 		key("imapgate_build_info", "version", "v1.2.3", "goversion", runtime.Version()):       1,
 		key("imapgate_bytes_total", "direction", DirBackendToClient):                          0,
 		"imapgate_imap_idle_sessions":                                                         0,
+		"imapgate_dormant_directions":                                                         0,
 		"imapgate_login_duration_seconds_count":                                               0,
 		"imapgate_session_duration_seconds_count":                                             0,
 		key("imapgate_login_duration_seconds_bucket", "le", "+Inf"):                           0,
@@ -69,6 +70,9 @@ func TestMetricsHooks(t *testing.T) {
 	m.Idle(1)
 	m.Idle(1)
 	m.Idle(-1)
+	m.Dormant(1)
+	m.Dormant(1)
+	m.Dormant(-1)
 	after, _ := scrapeHandler(t, m)
 	for k, want := range map[string]float64{
 		key("imapgate_connections_total", "listener", "imap"):                                  2,
@@ -92,6 +96,7 @@ func TestMetricsHooks(t *testing.T) {
 		key("imapgate_imap_command_duration_seconds_count", "command", "FETCH"):                2,
 		key("imapgate_imap_command_duration_seconds_bucket", "command", "FETCH", "le", "0.05"): 1,
 		"imapgate_imap_idle_sessions":                                                          1,
+		"imapgate_dormant_directions":                                                          1,
 	} {
 		if got, ok := after[k]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, want)

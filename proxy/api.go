@@ -92,6 +92,9 @@ type Metrics interface {
 	Command(name string, d time.Duration)
 	// Idle reports a session entering (+1) or leaving (-1) IDLE.
 	Idle(delta int)
+	// Dormant reports a direction of a logged-in session going dormant (+1: its goroutine
+	// ended, the shared poller waits for it) or waking (-1).
+	Dormant(delta int)
 }
 
 // nopMetrics is the Metrics used when Options.Metrics is nil.
@@ -106,6 +109,7 @@ func (nopMetrics) SessionEnded(string, string, time.Duration) {}
 func (nopMetrics) Bytes(string, int64)                        {}
 func (nopMetrics) Command(string, time.Duration)              {}
 func (nopMetrics) Idle(int)                                   {}
+func (nopMetrics) Dormant(int)                                {}
 
 // SessionInfo describes one live session, for the admin API.
 type SessionInfo struct {

@@ -92,12 +92,19 @@ func (d *dormancy) sleep(f *flow) bool {
 	if d == nil || f.sp.closed.Load() {
 		return false
 	}
+	m := f.sp.s.srv.metrics
+	m.Dormant(1) // before the state changes: whoever wakes the flow counts it out
 	f.state.Store(flowDormant)
 	if err := d.watch(f); err != nil {
 		// Not registered: run on, unless closeAll has already woken the flow.
-		return !f.state.CompareAndSwap(flowDormant, flowRunning)
+		if f.state.CompareAndSwap(flowDormant, flowRunning) {
+			m.Dormant(-1)
+			return false
+		}
+		return true
 	}
 	if f.sp.closed.Load() && f.state.CompareAndSwap(flowDormant, flowRunning) {
+		m.Dormant(-1)
 		return false
 	}
 	d.slept.Add(1)

@@ -15,19 +15,20 @@ import (
 
 // dormantProxy is a proxy whose quiet flows go dormant after 20 ms, with a channel that
 // tells when one has.
-func dormantProxy(t *testing.T, mode tlsconf.Mode) (*testProxy, *memBackend, <-chan *flow) {
+func dormantProxy(t *testing.T, mode tlsconf.Mode) (*testProxy, *recordingMetrics, <-chan *flow) {
 	t.Helper()
 	be := startMemBackend(t, map[string]string{"alice@example.com": "alice", "bob@example.com": "bob"})
 	slept := make(chan *flow, 64)
 	testHookDormant = func(f *flow) { slept <- f }
+	m := newRecordingMetrics()
 	tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
 		ListenerOptions{TLS: mode, AllowPlaintextAuth: true},
-		func(o *Options) { o.DormantAfter = 20 * time.Millisecond })
+		func(o *Options) { o.DormantAfter = 20 * time.Millisecond; o.Metrics = m })
 	t.Cleanup(func() {
 		tp.srv.Close()
 		testHookDormant = nil
 	})
-	return tp, be, slept
+	return tp, m, slept
 }
 
 // waitDormant waits until both flows of one session have gone dormant.
@@ -74,7 +75,7 @@ func dialMode(t *testing.T, tp *testProxy, mode tlsconf.Mode) *transcript {
 func TestDormantSessionWakesBothWays(t *testing.T) {
 	for _, mode := range []tlsconf.Mode{tlsconf.None, tlsconf.Implicit} {
 		t.Run("client "+mode.String(), func(t *testing.T) {
-			tp, _, slept := dormantProxy(t, mode)
+			tp, m, slept := dormantProxy(t, mode)
 			c := dialMode(t, tp, mode)
 			c.expect("* OK …")
 			c.send("a1 LOGIN alice@example.com alice\r\n")
@@ -87,6 +88,9 @@ func TestDormantSessionWakesBothWays(t *testing.T) {
 			sp := waitDormant(t, slept)
 			if n := flowGoroutines(); n != 0 {
 				t.Fatalf("%d flow goroutines while the only session is dormant", n)
+			}
+			if n := m.dormantNow(); n != 2 {
+				t.Fatalf("dormant directions gauge = %d, want 2", n)
 			}
 
 			// Another session appends: the backend's EXISTS wakes backend→client.
@@ -112,6 +116,9 @@ func TestDormantSessionWakesBothWays(t *testing.T) {
 			tp.waitLog(t, "session end")
 			if n := sp.left.Load(); n != 0 {
 				t.Fatalf("%d flows still running after the session ended", n)
+			}
+			if n := m.dormantNow(); n < 0 || n > 2 {
+				t.Fatalf("dormant directions gauge = %d with one session left", n) // the other one's
 			}
 		})
 	}

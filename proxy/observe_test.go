@@ -20,6 +20,7 @@ type recordingMetrics struct {
 	mu       sync.Mutex
 	commands map[string]int
 	idle     int
+	dormant  int
 	logins   map[string]int
 	bytes    map[string]int64
 }
@@ -53,6 +54,17 @@ func (r *recordingMetrics) Idle(d int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.idle += d
+}
+func (r *recordingMetrics) Dormant(d int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dormant += d
+}
+
+func (r *recordingMetrics) dormantNow() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dormant
 }
 
 func (r *recordingMetrics) snapshot() (map[string]int, int) {
