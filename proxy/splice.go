@@ -159,8 +159,9 @@ func (sp *spliceState) ended(f *flow, err error) {
 	switch {
 	case err != nil, f.from == "backend":
 		// When the backend has closed, nothing the client sends can be answered any more:
-		// end now.
-		if err == nil {
+		// end now. A TLS client gets close_notify first; on plain TCP the close sends the
+		// FIN itself.
+		if err == nil && f.dst.tls {
 			closeWrite(f.dst.conn)
 		}
 		sp.mu.Unlock()
