@@ -34,8 +34,9 @@
 //
 // Connection ownership: a Server owns every connection it accepts. Until the handoff the
 // session goroutine that serves it owns it and the backend connection it dialed. From the
-// handoff the splice owns both: whichever flow ends last closes them, and a dormant flow is
-// owned by the dormancy poller until it hands it a new goroutine. Other goroutines
+// handoff the splice owns both: it closes them when a flow ends with an error or at the
+// backend's EOF, or when both flows have ended; a dormant flow is owned by the dormancy
+// poller until it hands it a new goroutine. Other goroutines
 // (Server.Close, Kick) only interrupt a session: before login it answers BYE, after login
 // both connections are closed and dormant flows are woken to see it.
 package proxy

@@ -24,17 +24,20 @@ import (
 // new goroutine for the flow, which reads them as if it had never left.
 //
 // How a flow goes dormant: a sweeper goroutine looks at every flow each DormantAfter/2. A
-// flow that moved no bytes for two looks in a row gets sleepReq and a read deadline in the
-// past on its source, which ends its wait in the poller with os.ErrDeadlineExceeded. Its
+// flow that moved no chunk of bytes between three looks in a row gets sleepReq and a read
+// deadline in the past on its source, which ends its wait in the poller with os.ErrDeadlineExceeded. Its
 // goroutine clears the deadline, registers the source with the dormancy epoll and ends
 // (dormancy.sleep). Nothing is lost: the wait only starts after a read said EAGAIN, and
 // crypto/tls keeps a partial record across it. The sweeper costs nothing per message (one
-// atomic store per wake-up), unlike a deadline set before every wait.
+// atomic store per chunk moved), unlike a deadline set before every wait. Flows whose source
+// is not a socket (a wrapping listener's connections) never go dormant.
 //
 // Races are settled by a compare-and-swap on flow.state: whoever moves a flow from dormant
 // to running (the poller on an event, or closeAll when the session ends) starts its
-// goroutine, exactly once. A flow going dormant checks spliceState.closed again after
-// registering, so a close that came in between is not missed.
+// goroutine, exactly once. A flow takes its table entry before its state says dormant (only
+// its own goroutine can touch it then), and checks spliceState.closed again after arming, so
+// a close that came in between is not missed; an ended flow is marked forgotten and never
+// armed again. If the poller's goroutine fails, it wakes every dormant flow and dormancy stops.
 //
 // Linux only, as the splice path is: EPOLLONESHOT and nested epoll.
 
@@ -64,6 +67,7 @@ type dormancy struct {
 	closed bool
 
 	slept atomic.Int64 // flows that went dormant, ever; the sweeper's reclaim trigger
+	now   atomic.Int64 // flows dormant now
 }
 
 var errDormancyClosed = errors.New("dormancy poller closed")
@@ -89,22 +93,26 @@ func newDormancy() (*dormancy, error) {
 // sleep makes f dormant. It returns false if f must go on running in the calling goroutine
 // (the session is closing, or the poller failed), true if the goroutine must end.
 func (d *dormancy) sleep(f *flow) bool {
-	if d == nil || f.sp.closed.Load() {
+	if d == nil || f.src.rc == nil || f.sp.closed.Load() || !d.register(f) {
 		return false
 	}
 	m := f.sp.s.srv.metrics
-	m.Dormant(1) // before the state changes: whoever wakes the flow counts it out
+	// Counted before the state changes: whoever wakes the flow counts it out.
+	m.Dormant(1)
+	d.now.Add(1)
 	f.state.Store(flowDormant)
 	if err := d.watch(f); err != nil {
 		// Not registered: run on, unless closeAll has already woken the flow.
 		if f.state.CompareAndSwap(flowDormant, flowRunning) {
 			m.Dormant(-1)
+			d.now.Add(-1)
 			return false
 		}
 		return true
 	}
 	if f.sp.closed.Load() && f.state.CompareAndSwap(flowDormant, flowRunning) {
 		m.Dormant(-1)
+		d.now.Add(-1)
 		return false
 	}
 	d.slept.Add(1)
@@ -114,17 +122,29 @@ func (d *dormancy) sleep(f *flow) bool {
 	return true
 }
 
-// watch arms the dormancy epoll for f's source: one event, then the flow is running again.
-func (d *dormancy) watch(f *flow) error {
+// register gives f its id and table entry the first time, while f's own goroutine is the
+// only one that can touch it (before its state says dormant). It fails once the poller is
+// closed.
+func (d *dormancy) register(f *flow) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errDormancyClosed
+		return false
 	}
 	if f.id == 0 {
 		d.nextID++
 		f.id = d.nextID
 		d.flows[f.id] = f
+	}
+	return true
+}
+
+// watch arms the dormancy epoll for f's source: one event, then the flow is running again.
+func (d *dormancy) watch(f *flow) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || f.forgotten {
+		return errDormancyClosed
 	}
 	ev := syscall.EpollEvent{
 		Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
@@ -157,11 +177,14 @@ func (d *dormancy) watch(f *flow) error {
 // forget drops an ended flow from the table. The kernel drops its registration when the
 // socket is closed.
 func (d *dormancy) forget(f *flow) {
-	if d == nil || f.id == 0 {
+	if d == nil {
 		return
 	}
 	d.mu.Lock()
-	delete(d.flows, f.id)
+	f.forgotten = true
+	if f.id != 0 {
+		delete(d.flows, f.id)
+	}
 	d.mu.Unlock()
 }
 
@@ -185,7 +208,9 @@ func (d *dormancy) run() {
 			return true
 		})
 		if err != nil || werr != 0 {
-			return // closed
+			// Closed, or the poller failed: no flow may stay dormant without it.
+			d.shutdown()
+			return
 		}
 		for _, ev := range events[:n] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
@@ -206,9 +231,23 @@ func (d *dormancy) close() {
 	d.mu.Unlock()
 }
 
+// shutdown stops dormancy and wakes every dormant flow; flows then keep their goroutines.
+func (d *dormancy) shutdown() {
+	d.mu.Lock()
+	d.closed = true
+	flows := make([]*flow, 0, len(d.flows))
+	for _, f := range d.flows {
+		flows = append(flows, f)
+	}
+	d.mu.Unlock()
+	for _, f := range flows {
+		f.wake()
+	}
+}
+
 // sweep is the sweeper's look at one flow.
 func (f *flow) sweep() {
-	if f.state.Load() != flowRunning || f.busy.Swap(false) {
+	if f.src.rc == nil || f.state.Load() != flowRunning || f.busy.Swap(false) {
 		f.quiet = 0
 		return
 	}
@@ -222,7 +261,8 @@ func (f *flow) sweep() {
 
 // reclaimAfter is how many flows must have gone dormant since the last reclaim before the
 // sweeper hands their stacks back to the operating system: 1024 goroutine stacks of at least
-// 4 KiB.
+// 4 KiB, or a quarter of the flows dormant now if that is more (so that steady churn among
+// many sessions does not force a collection every interval).
 const reclaimAfter = 1024
 
 // sweepLoop is the sweeper's goroutine, until stop is closed.
@@ -244,7 +284,8 @@ func (s *Server) sweepLoop(interval time.Duration, stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if n := s.dormancy.slept.Load(); n-reclaimed >= reclaimAfter {
+		d := s.dormancy
+		if n := d.slept.Load(); n-reclaimed >= max(reclaimAfter, d.now.Load()/4) {
 			reclaimed = n
 			debug.FreeOSMemory()
 		}

@@ -19,7 +19,12 @@ func dormantProxy(t *testing.T, mode tlsconf.Mode) (*testProxy, *recordingMetric
 	t.Helper()
 	be := startMemBackend(t, map[string]string{"alice@example.com": "alice", "bob@example.com": "bob"})
 	slept := make(chan *flow, 64)
-	testHookDormant = func(f *flow) { slept <- f }
+	testHookDormant = func(f *flow) {
+		select {
+		case slept <- f:
+		default: // a test that stopped listening must not block the proxy
+		}
+	}
 	m := newRecordingMetrics()
 	tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
 		ListenerOptions{TLS: mode, AllowPlaintextAuth: true},
@@ -57,6 +62,19 @@ func flowGoroutines() int {
 	return strings.Count(string(buf), "proxy.(*flow).run(")
 }
 
+// waitNoFlowGoroutines waits (bounded) for the goroutines of dormant flows to have returned:
+// the hook runs just before they do.
+func waitNoFlowGoroutines(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for flowGoroutines() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d flow goroutines while the only session is dormant", flowGoroutines())
+		}
+		runtime.Gosched()
+	}
+}
+
 func dialMode(t *testing.T, tp *testProxy, mode tlsconf.Mode) *transcript {
 	t.Helper()
 	if mode == tlsconf.Implicit {
@@ -86,9 +104,7 @@ func TestDormantSessionWakesBothWays(t *testing.T) {
 			c.send("a3 IDLE\r\n")
 			c.expect("+ idling")
 			sp := waitDormant(t, slept)
-			if n := flowGoroutines(); n != 0 {
-				t.Fatalf("%d flow goroutines while the only session is dormant", n)
-			}
+			waitNoFlowGoroutines(t)
 			if n := m.dormantNow(); n != 2 {
 				t.Fatalf("dormant directions gauge = %d, want 2", n)
 			}
@@ -176,4 +192,102 @@ func TestDormantSessionKicked(t *testing.T) {
 	if by := e.ContextMap()["closed_by"]; by != "kick" {
 		t.Fatalf("closed_by = %v, want kick", by)
 	}
+}
+
+// A backend that stops reading while the client goes on sending fills every buffer between
+// them, and the client→backend copy waits to write. Closing the server (or kicking the
+// session) must still end the session: the copy must not hold the client socket while it
+// waits on the backend, or closing the client socket waits for it forever.
+func TestCloseWhileCopyWaitsOnFullBackend(t *testing.T) {
+	release := make(chan struct{})
+	addr := scriptedBackend(t, func(s *transcript) {
+		s.send("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] ready\r\n")
+		s.expect("ig1 AUTHENTICATE PLAIN AGFsaWNlAGFsaWNl")
+		s.send("ig1 OK [CAPABILITY IMAP4rev1] Logged in\r\n")
+		<-release // reads nothing more
+	})
+	t.Cleanup(func() { close(release) })
+	tp := startProxy(t, toBackends(&routing.Backend{Address: addr}),
+		ListenerOptions{AllowPlaintextAuth: true, Observe: ObserveOn}) // short reads, no splice
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("c1 LOGIN alice alice\r\n")
+	c.expect("c1 OK [CAPABILITY IMAP4rev1] Logged in")
+	_ = c.conn.SetDeadline(time.Time{})
+	go func() {
+		line := []byte("c2 NOOP " + strings.Repeat("x", 1000) + "\r\n")
+		for {
+			if _, err := c.conn.Write(line); err != nil {
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !flowWaitsToWrite() {
+		if time.Now().After(deadline) {
+			t.Fatal("the client→backend copy never waited on the backend")
+		}
+		runtime.Gosched()
+	}
+	closed := make(chan struct{})
+	go func() {
+		tp.srv.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Server.Close hung on a session whose backend stopped reading")
+	}
+}
+
+// flowWaitsToWrite reports whether some flow goroutine is parked writing.
+func flowWaitsToWrite() bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "proxy.(*flow).run(") && strings.Contains(g, "proxy.writeAll(") &&
+			strings.Contains(g, "runtime_pollWait") {
+			return true
+		}
+	}
+	return false
+}
+
+// hiddenListener hands out connections that do not show their socket (as a wrapping
+// listener might): their copies block and never go dormant.
+type hiddenListener struct{ net.Listener }
+
+func (l hiddenListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return struct{ net.Conn }{c}, nil
+}
+
+// The sweeper leaves flows over connections without a socket alone (it used to ask them to
+// go dormant, and the dormancy poller could not watch them).
+func TestDormancySkipsConnectionsWithoutSocket(t *testing.T) {
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	srv := New(Options{Router: toBackends(&routing.Backend{Address: be.addr}), DormantAfter: time.Millisecond})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(hiddenListener{ln}, ListenerOptions{AllowPlaintextAuth: true})
+	t.Cleanup(func() { srv.Close() })
+	c := dialTranscript(t, ln.Addr().String())
+	c.expect("* OK …")
+	c.send("a1 LOGIN alice@example.com alice\r\n")
+	c.expect("a1 OK …")
+	// Many sweeps (one a millisecond) pass during these round trips.
+	for i := range 200 {
+		tag := "n" + strconv.Itoa(i)
+		c.send(tag + " NOOP\r\n")
+		c.expect(tag + " OK …")
+	}
+	c.send("a2 LOGOUT\r\n")
+	c.expect("* BYE …")
+	c.expect("a2 OK …")
 }

@@ -14,8 +14,9 @@ import (
 // Create it with New; it is safe for concurrent use.
 //
 // Ownership: Serve owns each listener passed to it until it returns (Close closes them).
-// Each accepted connection is owned by its session goroutine, which closes it; the backend
-// connection is owned by the same goroutine once dialed.
+// Each accepted connection is owned by its session goroutine until login, and the backend
+// connection by the same goroutine once dialed; after login both belong to the session's
+// splice (its two flows), which closes them.
 type Server struct {
 	opts    Options
 	log     *zap.Logger
@@ -204,7 +205,7 @@ func (s *Server) startBackground() {
 	}
 	s.dormancy, s.sweepStop = d, make(chan struct{})
 	go d.run()
-	go s.sweepLoop(every/2, s.sweepStop)
+	go s.sweepLoop(max(every/2, time.Millisecond), s.sweepStop)
 }
 
 // ActiveSessions returns how many sessions are open (before and after login).

@@ -22,7 +22,9 @@ import (
 // session is one client connection from accept to close.
 //
 // Ownership: the session goroutine (Server.handle) owns raw and conn and everything below
-// until it returns; it closes them. Other goroutines only call interrupt.
+// until the handoff, and closes them if the session ends before it. From the handoff the
+// splice (splice.go) owns both connections and closes them. Other goroutines only call
+// interrupt.
 type session struct {
 	id    string
 	srv   *Server
