@@ -54,6 +54,9 @@ func (s *Server) Kick(match func(SessionInfo) bool) int {
 	s.mu.Unlock()
 	n := 0
 	for _, sess := range list {
+		if sess.closing.Load() {
+			continue // already being ended (an earlier kick, shutdown): not counted again
+		}
 		si := sess.info()
 		if !si.LoggedIn || !match(si) {
 			continue
