@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/imapgate/imapgate/deploy/dovecot"
 )
 
 func platformSupported() error { return nil }
@@ -26,47 +28,23 @@ func groupStats(pgid int, full bool) (procStats, error) {
 	if pgid <= 0 {
 		return st, nil
 	}
-	paths, err := filepath.Glob("/proc/[0-9]*/stat")
+	procs, err := dovecot.GroupProcesses(pgid)
 	if err != nil {
 		return st, err
 	}
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue // exited meanwhile
-		}
-		// pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-		// utime stime cutime cstime ...; comm may contain spaces and ')'.
-		i := bytes.LastIndexByte(data, ')')
-		if i < 0 {
-			continue
-		}
-		f := bytes.Fields(data[i+1:])
-		if len(f) < 15 || string(f[0]) == "Z" || string(f[0]) == "X" {
-			continue
-		}
-		g, err := strconv.Atoi(string(f[2]))
-		if err != nil || g != pgid {
-			continue
-		}
-		dir := filepath.Dir(p)
-		pid, _ := strconv.Atoi(filepath.Base(dir))
-		utime, _ := strconv.ParseInt(string(f[11]), 10, 64)
-		stime, _ := strconv.ParseInt(string(f[12]), 10, 64)
-		st.CPUTicks += utime + stime
-		if pid == pgid {
-			cutime, _ := strconv.ParseInt(string(f[13]), 10, 64)
-			cstime, _ := strconv.ParseInt(string(f[14]), 10, 64)
-			st.CPUTicks += cutime + cstime
+	for _, p := range procs {
+		st.CPUTicks += p.UTime + p.STime
+		if p.PID == pgid {
+			st.CPUTicks += p.CUTime + p.CSTime
 		}
 		st.Procs++
 		if !full {
 			continue
 		}
-		if rss, ok := vmRSS(filepath.Join(dir, "status")); ok {
+		if rss, ok := vmRSS(filepath.Join(p.Dir, "status")); ok {
 			st.RSS += rss
 		}
-		if ents, err := os.ReadDir(filepath.Join(dir, "fd")); err == nil {
+		if ents, err := os.ReadDir(filepath.Join(p.Dir, "fd")); err == nil {
 			st.FDs += len(ents)
 		}
 	}
