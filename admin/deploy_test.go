@@ -61,7 +61,8 @@ func exposedNames(t *testing.T) (names map[string]bool, families []string) {
 func exercise(m *Metrics) {
 	m.ConnOpened("imaps")
 	m.Login("ok", "PLAIN", 20*time.Millisecond)
-	m.UpstreamConnect("a", time.Millisecond)
+	m.UpstreamConnect("a", "10.0.0.1:143", time.Millisecond, true)
+	m.UpstreamConnect("a", "10.0.0.1:143", time.Millisecond, false)
 	m.SessionStarted("a", "10.0.0.1:143")
 	m.Bytes(DirClientToBackend, 10)
 	m.Bytes(DirBackendToClient, 100)

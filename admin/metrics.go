@@ -64,6 +64,7 @@ type Metrics struct {
 	loginDuration prometheus.Histogram
 	upConnect     *prometheus.HistogramVec
 	sessActive    *prometheus.GaugeVec
+	upFailures    *prometheus.CounterVec
 	bytes         *prometheus.CounterVec
 	c2b, b2c      prometheus.Counter
 	sessDuration  prometheus.Histogram
@@ -115,6 +116,10 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 			Help:    "Time to dial a backend and read its greeting, TLS included, successful or not, by shard.",
 			Buckets: connectBuckets,
 		}, []string{"shard"}),
+		upFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imapgate_upstream_connect_failures_total",
+			Help: "Backend connection attempts that failed (refused, timed out, no greeting, TLS failed), by shard and backend address.",
+		}, []string{"shard", "backend"}),
 		sessActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "imapgate_sessions_active",
 			Help: "Logged-in sessions open now, by shard and backend.",
@@ -168,7 +173,7 @@ func NewMetrics(opts MetricsOptions) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 
 	m.reg.MustRegister(m.connActive, m.connTotal, m.logins, m.loginDuration, m.upConnect,
-		m.sessActive, m.bytes, m.sessDuration, m.commands, m.cmdDuration, m.idle, m.dormant, build)
+		m.sessActive, m.upFailures, m.bytes, m.sessDuration, m.commands, m.cmdDuration, m.idle, m.dormant, build)
 	if !opts.NoRuntimeCollectors {
 		m.reg.MustRegister(collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -195,6 +200,7 @@ func (m *Metrics) Declare(listeners []string, backends map[string][]string) {
 		m.upConnect.WithLabelValues(shard)
 		for _, a := range addrs {
 			m.sessActive.WithLabelValues(shard, a)
+			m.upFailures.WithLabelValues(shard, a)
 		}
 	}
 }
@@ -231,8 +237,11 @@ func (m *Metrics) Login(result, mechanism string, d time.Duration) {
 }
 
 // UpstreamConnect implements proxy.Metrics.
-func (m *Metrics) UpstreamConnect(shard string, d time.Duration) {
+func (m *Metrics) UpstreamConnect(shard, backend string, d time.Duration, ok bool) {
 	m.upConnect.WithLabelValues(shard).Observe(d.Seconds())
+	if !ok {
+		m.upFailures.WithLabelValues(shard, backend).Inc()
+	}
 }
 
 // SessionStarted implements proxy.Metrics.

@@ -28,19 +28,20 @@ func TestMetricsHooks(t *testing.T) {
 	m.Declare([]string{"imap"}, map[string][]string{"a": {"10.0.0.1:143", "10.0.0.2:143"}})
 	before, _ := scrapeHandler(t, m)
 	for k, want := range map[string]float64{
-		key("imapgate_connections_total", "listener", "imap"):                                 0,
-		key("imapgate_connections_active", "listener", "imap"):                                0,
-		key("imapgate_sessions_active", "shard", "a", "backend", "10.0.0.2:143"):              0,
-		key("imapgate_upstream_connect_duration_seconds_count", "shard", "a"):                 0,
-		key("imapgate_logins_total", "result", "unavailable", "mechanism", "LOGIN"):           0,
-		key("imapgate_build_info", "version", "v1.2.3", "goversion", runtime.Version()):       1,
-		key("imapgate_bytes_total", "direction", DirBackendToClient):                          0,
-		"imapgate_imap_idle_sessions":                                                         0,
-		"imapgate_dormant_directions":                                                         0,
-		"imapgate_login_duration_seconds_count":                                               0,
-		"imapgate_session_duration_seconds_count":                                             0,
-		key("imapgate_login_duration_seconds_bucket", "le", "+Inf"):                           0,
-		key("imapgate_upstream_connect_duration_seconds_bucket", "shard", "a", "le", "0.001"): 0,
+		key("imapgate_connections_total", "listener", "imap"):                                    0,
+		key("imapgate_connections_active", "listener", "imap"):                                   0,
+		key("imapgate_sessions_active", "shard", "a", "backend", "10.0.0.2:143"):                 0,
+		key("imapgate_upstream_connect_duration_seconds_count", "shard", "a"):                    0,
+		key("imapgate_upstream_connect_failures_total", "shard", "a", "backend", "10.0.0.2:143"): 0,
+		key("imapgate_logins_total", "result", "unavailable", "mechanism", "LOGIN"):              0,
+		key("imapgate_build_info", "version", "v1.2.3", "goversion", runtime.Version()):          1,
+		key("imapgate_bytes_total", "direction", DirBackendToClient):                             0,
+		"imapgate_imap_idle_sessions":                                                            0,
+		"imapgate_dormant_directions":                                                            0,
+		"imapgate_login_duration_seconds_count":                                                  0,
+		"imapgate_session_duration_seconds_count":                                                0,
+		key("imapgate_login_duration_seconds_bucket", "le", "+Inf"):                              0,
+		key("imapgate_upstream_connect_duration_seconds_bucket", "shard", "a", "le", "0.001"):    0,
 	} {
 		if got, ok := before[k]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, want)
@@ -57,7 +58,8 @@ func TestMetricsHooks(t *testing.T) {
 	m.ConnClosed("imap")
 	m.Login("ok", "LOGIN", 30*time.Millisecond)
 	m.Login("auth_failed", "PLAIN", time.Second)
-	m.UpstreamConnect("a", 2*time.Millisecond)
+	m.UpstreamConnect("a", "10.0.0.1:143", 2*time.Millisecond, true)
+	m.UpstreamConnect("a", "10.0.0.2:143", 5*time.Second, false)
 	m.SessionStarted("a", "10.0.0.1:143")
 	m.SessionStarted("a", "10.0.0.1:143")
 	m.SessionEnded("a", "10.0.0.1:143", 90*time.Second)
@@ -75,28 +77,30 @@ func TestMetricsHooks(t *testing.T) {
 	m.Dormant(-1)
 	after, _ := scrapeHandler(t, m)
 	for k, want := range map[string]float64{
-		key("imapgate_connections_total", "listener", "imap"):                                  2,
-		key("imapgate_connections_active", "listener", "imap"):                                 1,
-		key("imapgate_logins_total", "result", "ok", "mechanism", "LOGIN"):                     1,
-		key("imapgate_logins_total", "result", "auth_failed", "mechanism", "PLAIN"):            1,
-		"imapgate_login_duration_seconds_count":                                                1, // failures are not timed
-		key("imapgate_login_duration_seconds_bucket", "le", "0.025"):                           0,
-		key("imapgate_login_duration_seconds_bucket", "le", "0.05"):                            1,
-		key("imapgate_upstream_connect_duration_seconds_count", "shard", "a"):                  1,
-		key("imapgate_upstream_connect_duration_seconds_bucket", "shard", "a", "le", "0.001"):  0,
-		key("imapgate_upstream_connect_duration_seconds_bucket", "shard", "a", "le", "0.0025"): 1,
-		key("imapgate_sessions_active", "shard", "a", "backend", "10.0.0.1:143"):               1,
-		key("imapgate_sessions_active", "shard", "a", "backend", "10.0.0.2:143"):               0,
-		"imapgate_session_duration_seconds_count":                                              1,
-		"imapgate_session_duration_seconds_sum":                                                90,
-		key("imapgate_bytes_total", "direction", DirClientToBackend):                           100,
-		key("imapgate_bytes_total", "direction", DirBackendToClient):                           1024,
-		key("imapgate_imap_commands_total", "command", "FETCH"):                                2,
-		key("imapgate_imap_commands_total", "command", "other"):                                1,
-		key("imapgate_imap_command_duration_seconds_count", "command", "FETCH"):                2,
-		key("imapgate_imap_command_duration_seconds_bucket", "command", "FETCH", "le", "0.05"): 1,
-		"imapgate_imap_idle_sessions":                                                          1,
-		"imapgate_dormant_directions":                                                          1,
+		key("imapgate_connections_total", "listener", "imap"):                                    2,
+		key("imapgate_connections_active", "listener", "imap"):                                   1,
+		key("imapgate_logins_total", "result", "ok", "mechanism", "LOGIN"):                       1,
+		key("imapgate_logins_total", "result", "auth_failed", "mechanism", "PLAIN"):              1,
+		"imapgate_login_duration_seconds_count":                                                  1, // failures are not timed
+		key("imapgate_login_duration_seconds_bucket", "le", "0.025"):                             0,
+		key("imapgate_login_duration_seconds_bucket", "le", "0.05"):                              1,
+		key("imapgate_upstream_connect_duration_seconds_count", "shard", "a"):                    2,
+		key("imapgate_upstream_connect_failures_total", "shard", "a", "backend", "10.0.0.1:143"): 0,
+		key("imapgate_upstream_connect_failures_total", "shard", "a", "backend", "10.0.0.2:143"): 1,
+		key("imapgate_upstream_connect_duration_seconds_bucket", "shard", "a", "le", "0.001"):    0,
+		key("imapgate_upstream_connect_duration_seconds_bucket", "shard", "a", "le", "0.0025"):   1,
+		key("imapgate_sessions_active", "shard", "a", "backend", "10.0.0.1:143"):                 1,
+		key("imapgate_sessions_active", "shard", "a", "backend", "10.0.0.2:143"):                 0,
+		"imapgate_session_duration_seconds_count":                                                1,
+		"imapgate_session_duration_seconds_sum":                                                  90,
+		key("imapgate_bytes_total", "direction", DirClientToBackend):                             100,
+		key("imapgate_bytes_total", "direction", DirBackendToClient):                             1024,
+		key("imapgate_imap_commands_total", "command", "FETCH"):                                  2,
+		key("imapgate_imap_commands_total", "command", "other"):                                  1,
+		key("imapgate_imap_command_duration_seconds_count", "command", "FETCH"):                  2,
+		key("imapgate_imap_command_duration_seconds_bucket", "command", "FETCH", "le", "0.05"):   1,
+		"imapgate_imap_idle_sessions":                                                            1,
+		"imapgate_dormant_directions":                                                            1,
 	} {
 		if got, ok := after[k]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, want)

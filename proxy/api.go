@@ -78,9 +78,9 @@ type Metrics interface {
 	// "unavailable", "error", "aborted"; mechanism "LOGIN" or "PLAIN"; d runs from accept to
 	// the end of the attempt.
 	Login(result, mechanism string, d time.Duration)
-	// UpstreamConnect reports the time to dial a backend of shard and get its greeting
-	// (TLS included), successful or not.
-	UpstreamConnect(shard string, d time.Duration)
+	// UpstreamConnect reports dialing backend (its address) of shard up to its greeting,
+	// TLS included: d is the time it took, ok whether it worked.
+	UpstreamConnect(shard, backend string, d time.Duration, ok bool)
 	// SessionStarted and SessionEnded bracket the logged-in part of a session.
 	SessionStarted(shard, backend string)
 	SessionEnded(shard, backend string, d time.Duration)
@@ -100,16 +100,16 @@ type Metrics interface {
 // nopMetrics is the Metrics used when Options.Metrics is nil.
 type nopMetrics struct{}
 
-func (nopMetrics) ConnOpened(string)                          {}
-func (nopMetrics) ConnClosed(string)                          {}
-func (nopMetrics) Login(string, string, time.Duration)        {}
-func (nopMetrics) UpstreamConnect(string, time.Duration)      {}
-func (nopMetrics) SessionStarted(string, string)              {}
-func (nopMetrics) SessionEnded(string, string, time.Duration) {}
-func (nopMetrics) Bytes(string, int64)                        {}
-func (nopMetrics) Command(string, time.Duration)              {}
-func (nopMetrics) Idle(int)                                   {}
-func (nopMetrics) Dormant(int)                                {}
+func (nopMetrics) ConnOpened(string)                                   {}
+func (nopMetrics) ConnClosed(string)                                   {}
+func (nopMetrics) Login(string, string, time.Duration)                 {}
+func (nopMetrics) UpstreamConnect(string, string, time.Duration, bool) {}
+func (nopMetrics) SessionStarted(string, string)                       {}
+func (nopMetrics) SessionEnded(string, string, time.Duration)          {}
+func (nopMetrics) Bytes(string, int64)                                 {}
+func (nopMetrics) Command(string, time.Duration)                       {}
+func (nopMetrics) Idle(int)                                            {}
+func (nopMetrics) Dormant(int)                                         {}
 
 // SessionInfo describes one live session, for the admin API.
 type SessionInfo struct {

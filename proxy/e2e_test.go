@@ -421,3 +421,26 @@ func TestUpstreamForwardsClientAddressInID(t *testing.T) {
 		}
 	}
 }
+
+// A backend that refuses connections is reported to the metrics by address, and the client
+// gets NO [UNAVAILABLE].
+func TestUpstreamConnectFailureReported(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	m := newRecordingMetrics()
+	tp := startProxy(t, toBackends(&routing.Backend{Address: dead}),
+		ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("c1 LOGIN alice alice\r\n")
+	c.expect("c1 NO [UNAVAILABLE] Service temporarily unavailable.")
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.upFailed[dead] != 1 {
+		t.Fatalf("failed connects reported: %v, want 1 for %s", m.upFailed, dead)
+	}
+}

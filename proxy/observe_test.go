@@ -21,6 +21,7 @@ type recordingMetrics struct {
 	commands map[string]int
 	idle     int
 	dormant  int
+	upFailed map[string]int // backend address → failed connects
 	logins   map[string]int
 	bytes    map[string]int64
 }
@@ -29,10 +30,19 @@ func newRecordingMetrics() *recordingMetrics {
 	return &recordingMetrics{commands: map[string]int{}, logins: map[string]int{}, bytes: map[string]int64{}}
 }
 
-func (r *recordingMetrics) ConnOpened(string)                     {}
-func (r *recordingMetrics) ConnClosed(string)                     {}
-func (r *recordingMetrics) UpstreamConnect(string, time.Duration) {}
-func (r *recordingMetrics) SessionStarted(string, string)         {}
+func (r *recordingMetrics) ConnOpened(string) {}
+func (r *recordingMetrics) ConnClosed(string) {}
+func (r *recordingMetrics) UpstreamConnect(_, backend string, _ time.Duration, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !ok {
+		if r.upFailed == nil {
+			r.upFailed = map[string]int{}
+		}
+		r.upFailed[backend]++
+	}
+}
+func (r *recordingMetrics) SessionStarted(string, string) {}
 func (r *recordingMetrics) SessionEnded(string, string, time.Duration) {
 }
 func (r *recordingMetrics) Login(result, mech string, _ time.Duration) {

@@ -267,7 +267,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 func (s *session) loginUpstream(ctx context.Context, be *routing.Backend, ci clientInfo, cr credentials) (*upstream, *loginResult, error) {
 	t0 := time.Now()
 	up, err := dialUpstream(ctx, be, s.srv.connectTimeout())
-	s.srv.metrics.UpstreamConnect(be.Shard, time.Since(t0))
+	s.srv.metrics.UpstreamConnect(be.Shard, be.Address, time.Since(t0), err == nil)
 	if err != nil {
 		return nil, nil, err
 	}
