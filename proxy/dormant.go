@@ -66,13 +66,14 @@ type dormancy struct {
 	nextID uint64
 	closed bool
 
-	slept atomic.Int64 // flows that went dormant, ever; the sweeper's reclaim trigger
-	now   atomic.Int64 // flows dormant now
+	slept   atomic.Int64 // flows that went dormant, ever; the sweeper's reclaim trigger
+	now     atomic.Int64 // flows dormant now
+	metrics Metrics
 }
 
 var errDormancyClosed = errors.New("dormancy poller closed")
 
-func newDormancy() (*dormancy, error) {
+func newDormancy(m Metrics) (*dormancy, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -87,7 +88,7 @@ func newDormancy() (*dormancy, error) {
 		f.Close()
 		return nil, err
 	}
-	return &dormancy{file: f, rc: rc, epfd: fd, flows: make(map[uint64]*flow)}, nil
+	return &dormancy{file: f, rc: rc, epfd: fd, flows: make(map[uint64]*flow), metrics: m}, nil
 }
 
 // sleep makes f dormant. It returns false if f must go on running in the calling goroutine
@@ -96,23 +97,19 @@ func (d *dormancy) sleep(f *flow) bool {
 	if d == nil || f.src.rc == nil || f.sp.closed.Load() || !d.register(f) {
 		return false
 	}
-	m := f.sp.s.srv.metrics
 	// Counted before the state changes: whoever wakes the flow counts it out.
-	m.Dormant(1)
-	d.now.Add(1)
+	d.count(1)
 	f.state.Store(flowDormant)
 	if err := d.watch(f); err != nil {
 		// Not registered: run on, unless closeAll has already woken the flow.
 		if f.state.CompareAndSwap(flowDormant, flowRunning) {
-			m.Dormant(-1)
-			d.now.Add(-1)
+			d.count(-1)
 			return false
 		}
 		return true
 	}
 	if f.sp.closed.Load() && f.state.CompareAndSwap(flowDormant, flowRunning) {
-		m.Dormant(-1)
-		d.now.Add(-1)
+		d.count(-1)
 		return false
 	}
 	d.slept.Add(1)
@@ -120,6 +117,12 @@ func (d *dormancy) sleep(f *flow) bool {
 		testHookDormant(f)
 	}
 	return true
+}
+
+// count adds delta to the flows dormant now, and to the metrics' gauge.
+func (d *dormancy) count(delta int) {
+	d.now.Add(int64(delta))
+	d.metrics.Dormant(delta)
 }
 
 // register gives f its id and table entry the first time, while f's own goroutine is the

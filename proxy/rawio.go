@@ -115,7 +115,8 @@ func writeAll(rc syscall.RawConn, b []byte) error {
 // deadlines). Afterwards the copy loop reads through it only from inside the socket's
 // RawConn.Read callback (between enter and leave), where a Read never blocks: it returns
 // errWouldBlock when the socket is empty, so the loop can give its buffer back and park with
-// nothing held. Writes then go through writeAll.
+// nothing held. Writes go to the connection it wraps: a sockConn, which writes without
+// blocking the thread.
 type nbConn struct {
 	net.Conn
 	rc          syscall.RawConn
@@ -159,16 +160,6 @@ func (c *nbConn) Read(b []byte) (int, error) {
 		return 0, errWouldBlock // not from the copy loop, the only reader after login
 	}
 	return readNonblock(c.fd, b)
-}
-
-func (c *nbConn) Write(b []byte) (int, error) {
-	if !c.nonblocking.Load() {
-		return c.Conn.Write(b)
-	}
-	if err := writeAll(c.rc, b); err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }
 
 // A pipe for splice(2), from the pool.
@@ -314,22 +305,20 @@ func (c *sockConn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	var (
-		n int
-		e syscall.Errno
+		n    int
+		rerr error
 	)
 	err := c.rc.Read(func(fd uintptr) bool {
-		n, e = sysRead(fd, b)
-		return e != syscall.EAGAIN
+		n, rerr = readNonblock(fd, b)
+		return rerr != errWouldBlock
 	})
 	switch {
 	case err != nil:
 		return 0, err
-	case e != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", e)}
-	case n == 0:
-		return 0, io.EOF
+	case rerr != nil && rerr != io.EOF:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: rerr}
 	}
-	return n, nil
+	return n, rerr
 }
 
 func (c *sockConn) Write(b []byte) (int, error) {

@@ -192,7 +192,7 @@ func (s *Server) startBackground() {
 	if every < 0 {
 		return
 	}
-	d, err := newDormancy()
+	d, err := newDormancy(s.metrics)
 	if err != nil {
 		s.log.Warn("idle sessions keep their goroutines: no dormancy poller", zap.Error(err))
 		return

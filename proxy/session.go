@@ -181,7 +181,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.loginTimeout())
 	defer cancel()
-	log := s.logger().With(zap.String("user", cr.user), zap.String("mechanism", mech))
+	log := s.srv.log.With(append(s.logFields(), zap.String("user", cr.user), zap.String("mechanism", mech))...)
 
 	req := routing.Request{
 		User:      cr.user,
@@ -361,12 +361,12 @@ func (s *session) interrupt() {
 	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
 }
 
-// logger is the session's logger. It is made for each use (a session logs two or three
-// lines) rather than kept: zap's With holds an encoder and a 1 KiB buffer, which was a tenth
-// of an idle session's memory.
-func (s *session) logger() *zap.Logger {
-	return s.srv.log.With(zap.String("session", s.id), zap.String("listener", s.lo.Name),
-		zap.String("client", s.raw.RemoteAddr().String()))
+// logFields are the fields that name the session in every line it logs. A session keeps no
+// logger of its own: zap's With holds an encoder and a 1 KiB buffer, which was a tenth of
+// an idle session's memory.
+func (s *session) logFields() []zap.Field {
+	return []zap.Field{zap.String("session", s.id), zap.String("listener", s.lo.Name),
+		zap.String("client", s.raw.RemoteAddr().String())}
 }
 
 // kick ends a logged-in session on an operator's request (Server.Kick). A client between
@@ -402,7 +402,7 @@ func (s *session) startObserver() {
 	}
 	o := newTrafficObserver(s.srv.metrics)
 	if traced {
-		o.trace, o.traceUntil = s.logger().With(zap.String("user", s.user)), until
+		o.trace, o.traceUntil = s.srv.log.With(append(s.logFields(), zap.String("user", s.user))...), until
 	}
 	s.observer = o
 }
@@ -469,12 +469,12 @@ func (s *session) endBeforeSplice() {
 }
 
 func (s *session) logEnd() {
-	fields := []zap.Field{
+	fields := append(s.logFields(),
 		zap.Duration("duration", time.Since(s.start)),
 		zap.Int64("bytes_client_to_backend", s.c2b.Load()),
 		zap.Int64("bytes_backend_to_client", s.b2c.Load()),
 		zap.String("closed_by", s.closedBy),
-	}
+	)
 	if s.user != "" {
 		fields = append(fields, zap.String("user", s.user), zap.String("shard", s.shard),
 			zap.String("backend", s.backend))
@@ -485,5 +485,5 @@ func (s *session) logEnd() {
 	if s.observer != nil {
 		fields = append(fields, s.observer.end()...)
 	}
-	s.logger().Info("session end", fields...)
+	s.srv.log.Info("session end", fields...)
 }

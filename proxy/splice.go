@@ -145,8 +145,7 @@ func (f *flow) run() {
 // wake gives a dormant flow a goroutine again.
 func (f *flow) wake() {
 	if f.state.CompareAndSwap(flowDormant, flowRunning) {
-		f.sp.s.srv.metrics.Dormant(-1)
-		f.sp.s.srv.dormancy.now.Add(-1)
+		f.sp.s.srv.dormancy.count(-1)
 		go f.run()
 	}
 }
