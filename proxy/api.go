@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"time"
 
 	"github.com/imapgate/imapgate/routing"
@@ -128,17 +127,4 @@ type SessionInfo struct {
 	// Idle and Command come from the traffic observer (false and "" without it).
 	Idle    bool   `json:"idle"`
 	Command string `json:"command,omitempty"`
-}
-
-// keepAlive is the TCP keepalive of client and backend connections: probes after 5 minutes
-// of silence, at the system's interval and count. Go's default (15 s, with its own interval
-// and count) would probe every idle IMAP session four times a minute and costs four
-// setsockopt calls per connection instead of two. Dovecot's IDLE sends "* OK Still here"
-// every 2 minutes anyway (imap_idle_notify_interval), which finds dead clients sooner.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 5 * time.Minute, Interval: -1, Count: -1}
-
-// ListenConfig returns the net.ListenConfig for client listeners: it sets the proxy's TCP
-// keepalive on accepted connections.
-func ListenConfig() *net.ListenConfig {
-	return &net.ListenConfig{KeepAliveConfig: keepAlive}
 }

@@ -42,6 +42,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary work directory (its path is printed)")
 	fs.BoolVar(&quiet, "q", false, "no progress messages on standard error")
 	pprofAddr := fs.String("pprof", "", "run the imapgate children with -pprof `address`, to profile them during a run")
+	var childEnv envList
+	fs.Var(&childEnv, "env", "set `KEY=VALUE` in the imapgate children's environment (repeatable), e.g. GOMAXPROCS=1 or GOGC=400, to compare runtime settings")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -57,6 +59,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *pprofAddr != "" {
 		child.Args = append(child.Args, "-pprof", *pprofAddr)
 	}
+	child.Env = append(child.Env, childEnv...)
 	o.Imapgate = child
 
 	rep, err := bench.Run(ctx, o)
@@ -116,4 +119,17 @@ func commandLine(prefix string, args []string) string {
 		b.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "'")
 	}
 	return b.String()
+}
+
+// envList is the repeatable -env flag: KEY=VALUE pairs.
+type envList []string
+
+func (l *envList) String() string { return strings.Join(*l, " ") }
+
+func (l *envList) Set(v string) error {
+	if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+		return fmt.Errorf("want KEY=VALUE, got %q", v)
+	}
+	*l = append(*l, v)
+	return nil
 }

@@ -165,3 +165,21 @@ func TestServePprof(t *testing.T) {
 		t.Fatal("serve did not stop")
 	}
 }
+
+// TestBenchEnvFlag checks -env: KEY=VALUE pairs are kept in order, anything else refused.
+func TestBenchEnvFlag(t *testing.T) {
+	var l envList
+	for _, v := range []string{"GOMAXPROCS=1", "GOGC=400", "GODEBUG="} {
+		if err := l.Set(v); err != nil {
+			t.Fatalf("Set(%q): %v", v, err)
+		}
+	}
+	if got := l.String(); got != "GOMAXPROCS=1 GOGC=400 GODEBUG=" {
+		t.Fatalf("got %q", got)
+	}
+	for _, v := range []string{"GOMAXPROCS", "=1", ""} {
+		if err := l.Set(v); err == nil {
+			t.Errorf("Set(%q) accepted", v)
+		}
+	}
+}

@@ -529,8 +529,12 @@ func describePeers(targets []string, o *Options) []string {
 			if o.Backend == "dovecot" {
 				fwd = ", forward_client_ip (an ID command before login)"
 			}
-			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, GOMAXPROCS=%d (the default: every core), JSON logs at info%s",
-				runtime.Version(), nproc(), fwd))
+			rt := fmt.Sprintf("GOMAXPROCS=%d (the default: every core)", nproc())
+			if env := userEnv(o.Imapgate.Env); len(env) > 0 {
+				rt = "environment " + strings.Join(env, " ")
+			}
+			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, %s, JSON logs at info%s",
+				runtime.Version(), rt, fwd))
 		case DovecotProxy:
 			out = append(out, "dovecot-proxy: Dovecot "+commandVersion("dovecot", "--version")+
 				" as a second instance: passdb static proxy=y nopassword=y (the backend checks the password), imap-login service_count=0 (2 processes at start, at most 4)")
@@ -555,6 +559,18 @@ func notes(rep *Report, o *Options) []string {
 		if r.Skipped != "" && !skipped[r.Target] {
 			skipped[r.Target] = true
 			out = append(out, fmt.Sprintf("%s skipped: %s.", r.Target, r.Skipped))
+		}
+	}
+	return out
+}
+
+// userEnv is the part of a child's environment worth printing: what bench -env set
+// (tests' own markers, named IMAPGATE_TEST_*, left out).
+func userEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "IMAPGATE_TEST_") {
+			out = append(out, kv)
 		}
 	}
 	return out
