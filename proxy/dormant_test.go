@@ -19,19 +19,20 @@ func dormantProxy(t *testing.T, mode tlsconf.Mode) (*testProxy, *recordingMetric
 	t.Helper()
 	be := startMemBackend(t, map[string]string{"alice@example.com": "alice", "bob@example.com": "bob"})
 	slept := make(chan *flow, 64)
-	testHookDormant = func(f *flow) {
+	hook := func(f *flow) {
 		select {
 		case slept <- f:
 		default: // a test that stopped listening must not block the proxy
 		}
 	}
+	testHookDormant.Store(&hook)
 	m := newRecordingMetrics()
 	tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
 		ListenerOptions{TLS: mode, AllowPlaintextAuth: true},
 		func(o *Options) { o.DormantAfter = 20 * time.Millisecond; o.Metrics = m })
 	t.Cleanup(func() {
 		tp.srv.Close()
-		testHookDormant = nil
+		testHookDormant.Store(nil)
 	})
 	return tp, m, slept
 }
@@ -75,6 +76,22 @@ func waitNoFlowGoroutines(t *testing.T) {
 	}
 }
 
+// idleSession logs alice in, selects INBOX and starts IDLE (tag a3), as a mail client
+// waiting for new mail does.
+func idleSession(t *testing.T, tp *testProxy, mode tlsconf.Mode) *transcript {
+	t.Helper()
+	c := dialMode(t, tp, mode)
+	c.expect("* OK …")
+	c.send("a1 LOGIN alice@example.com alice\r\n")
+	c.expect("a1 OK …")
+	c.send("a2 SELECT INBOX\r\n")
+	for !strings.HasPrefix(c.line(), "a2 OK") {
+	}
+	c.send("a3 IDLE\r\n")
+	c.expect("+ idling")
+	return c
+}
+
 func dialMode(t *testing.T, tp *testProxy, mode tlsconf.Mode) *transcript {
 	t.Helper()
 	if mode == tlsconf.Implicit {
@@ -94,15 +111,7 @@ func TestDormantSessionWakesBothWays(t *testing.T) {
 	for _, mode := range []tlsconf.Mode{tlsconf.None, tlsconf.Implicit} {
 		t.Run("client "+mode.String(), func(t *testing.T) {
 			tp, m, slept := dormantProxy(t, mode)
-			c := dialMode(t, tp, mode)
-			c.expect("* OK …")
-			c.send("a1 LOGIN alice@example.com alice\r\n")
-			c.expect("a1 OK …")
-			c.send("a2 SELECT INBOX\r\n")
-			for !strings.HasPrefix(c.line(), "a2 OK") {
-			}
-			c.send("a3 IDLE\r\n")
-			c.expect("+ idling")
+			c := idleSession(t, tp, mode)
 			sp := waitDormant(t, slept)
 			waitNoFlowGoroutines(t)
 			if n := m.dormantNow(); n != 2 {
@@ -290,4 +299,45 @@ func TestDormancySkipsConnectionsWithoutSocket(t *testing.T) {
 	c.send("a2 LOGOUT\r\n")
 	c.expect("* BYE …")
 	c.expect("a2 OK …")
+}
+
+// runningCount counts the flows in the sweeper's registry of running flows.
+func runningCount(d *dormancy) int {
+	n := 0
+	for i := range d.runningFlows {
+		sh := &d.runningFlows[i]
+		sh.mu.Lock()
+		n += len(sh.flows)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// The sweeper finds quiet flows without the server's lock (which accepting connections
+// needs), through its own registry of running flows: a session goes dormant while the lock
+// is held, and the registry holds exactly the flows that have a goroutine.
+func TestSweeperDoesNotTakeServerLock(t *testing.T) {
+	tp, _, slept := dormantProxy(t, tlsconf.None)
+	c := idleSession(t, tp, tlsconf.None)
+	var d *dormancy
+	func() {
+		tp.srv.mu.Lock()
+		defer tp.srv.mu.Unlock()
+		d = tp.srv.dormancy
+		waitDormant(t, slept)
+	}()
+	waitNoFlowGoroutines(t)
+	if n := runningCount(d); n != 0 {
+		t.Fatalf("%d flows in the running registry while the only session is dormant", n)
+	}
+	c.send("DONE\r\n")
+	c.expect("a3 OK …")
+	c.send("a4 LOGOUT\r\n")
+	c.expect("* BYE …")
+	c.expect("a4 OK …")
+	c.expectClosed()
+	tp.waitLog(t, "session end")
+	if n := runningCount(d); n != 0 {
+		t.Fatalf("%d flows left in the running registry after the session ended", n)
+	}
 }

@@ -95,6 +95,7 @@ type flow struct {
 	sleepReq atomic.Bool  // the sweeper has asked the flow to go dormant
 	busy     atomic.Bool  // bytes moved since the sweeper last looked
 	quiet    int          // sweeps in a row that found the flow quiet; the sweeper's own
+	shard    uint8        // its shard in dormancy's running-flow registry
 	// Guarded by dormancy.mu.
 	id        uint64 // key in the dormancy table, 0 until the flow first goes dormant
 	watched   bool   // registered with the dormancy epoll
@@ -108,7 +109,8 @@ const (
 
 func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.Int64, from string) *flow {
 	s := sp.s
-	f := &flow{sp: sp, dst: dst, src: src, srcRaw: srcRaw, from: from}
+	f := &flow{sp: sp, dst: dst, src: src, srcRaw: srcRaw, from: from,
+		shard: uint8(flowShards.Add(1) % runShards)}
 	f.acc = accounting{count: n, m: s.srv.metrics, dir: metricDir[from], busy: &f.busy}
 	if obs := s.observer; obs != nil {
 		acc := &f.acc
@@ -124,6 +126,8 @@ func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.In
 // run is a flow's goroutine; named so it shows in stack dumps. It copies until the flow
 // ends, or until it goes dormant at the sweeper's request.
 func (f *flow) run() {
+	d := f.sp.s.srv.dormancy
+	d.running(f, true)
 	for {
 		_, err := copyConn(f.dst, f.src, f.acc)
 		if err != nil && f.sleepReq.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
@@ -131,12 +135,15 @@ func (f *flow) run() {
 			// no new one, so none is lost with its deadline.
 			_ = f.srcRaw.SetReadDeadline(time.Time{})
 			f.sleepReq.Store(false)
-			if f.sp.s.srv.dormancy.sleep(f) {
+			d.running(f, false)
+			if d.sleep(f) {
 				return
 			}
+			d.running(f, true)
 			continue
 		}
-		f.sp.s.srv.dormancy.forget(f)
+		d.running(f, false)
+		d.forget(f)
 		f.sp.ended(f, err)
 		return
 	}
