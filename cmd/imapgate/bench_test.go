@@ -52,7 +52,7 @@ func TestBenchSmoke(t *testing.T) {
 	t.Logf("took %v\n%s", time.Since(start), stdout)
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,imapgate -n 20 -duration 200ms -rounds 1 `),
-		regexp.MustCompile(`(?m)^machine: +\d+ CPUs .*go1\.`),
+		regexp.MustCompile(`(?m)^machine: +\d+ CPUs .*, TCP congestion control \S+, go1\.`),
 		regexp.MustCompile(`(?m)^logins +direct +\d+ logins/s +1\.00× direct`),
 		regexp.MustCompile(`(?m)^logins +imapgate +\d+ logins/s +\d+\.\d\d× direct .*session p50 `),
 		regexp.MustCompile(`(?m)^throughput +imapgate +\d+ MB/s +\d+\.\d\d× direct .*FETCH 1:\* of 0\.2 MB`),

@@ -198,6 +198,9 @@ type Machine struct {
 	GoVersion string `json:"go_version"`
 	MemTotal  string `json:"mem_total"`
 	FileLimit int    `json:"file_limit"`
+	// TCPCongestion is net.ipv4.tcp_congestion_control: with bbr, TCP paces its sends even
+	// on loopback, which changes what every target costs the backend.
+	TCPCongestion string `json:"tcp_congestion"`
 }
 
 // Run starts the backend, runs every scenario against every target (fresh target per
@@ -481,6 +484,10 @@ func describeMachine() Machine {
 	}
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = "Linux " + strings.TrimSpace(string(data))
+	}
+	m.TCPCongestion = "?"
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control"); err == nil {
+		m.TCPCongestion = strings.TrimSpace(string(data))
 	}
 	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
 		for _, l := range strings.Split(string(data), "\n") {

@@ -17,8 +17,8 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if rep.CommandLine != "" {
 		fmt.Fprintf(&b, "command:  %s\n", rep.CommandLine)
 	}
-	fmt.Fprintf(&b, "machine:  %d CPUs (%s), %s, %s RAM, open files limit %d, %s\n",
-		m.CPUs, m.CPUModel, m.Kernel, m.MemTotal, m.FileLimit, m.GoVersion)
+	fmt.Fprintf(&b, "machine:  %d CPUs (%s), %s, %s RAM, open files limit %d, TCP congestion control %s, %s\n",
+		m.CPUs, m.CPUModel, m.Kernel, m.MemTotal, m.FileLimit, m.TCPCongestion, m.GoVersion)
 	fmt.Fprintf(&b, "backend:  %s; %d users; throughput mailbox %d messages of %d bytes\n",
 		rep.Backend, rep.Options.Users, rep.Options.Messages, rep.Options.MessageSize)
 	for _, p := range rep.Peers {
