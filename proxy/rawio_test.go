@@ -272,3 +272,48 @@ func TestIdleSessionHoldsNoPipe(t *testing.T) {
 		})
 	}
 }
+
+// A bulk chunk to a TLS side goes out as one write(2) of all its records (nbConn.gather).
+// Another writer meanwhile (a kick's BYE) must neither be lost nor cut a record: here the
+// BYEs arrive whole, and what is left is the bulk, intact.
+func TestGatherKeepsConcurrentWritesWhole(t *testing.T) {
+	r := newCopyRig(t, false, true)
+	bulk := bytes.Repeat([]byte("a"), 4<<20)
+	bye := []byte("* BYE imapgate: kicked\r\n")
+	const byes = 50
+	done := make(chan error, 2)
+	go func() {
+		var err error
+		for off := 0; off < len(bulk) && err == nil; off += bulkBufSize {
+			err = r.dst.nb.gather(r.dst.conn, bulk[off:off+bulkBufSize])
+		}
+		done <- err
+	}()
+	go func() {
+		var err error
+		for i := 0; i < byes && err == nil; i++ {
+			_, err = r.dst.conn.Write(bye)
+		}
+		done <- err
+	}()
+	got := make([]byte, 0, len(bulk)+byes*len(bye))
+	buf := make([]byte, 64<<10)
+	for len(got) < cap(got) {
+		n, err := r.receiver.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := bytes.Count(got, bye); n != byes {
+		t.Fatalf("%d whole BYEs arrived, want %d", n, byes)
+	}
+	if rest := bytes.ReplaceAll(got, bye, nil); !bytes.Equal(rest, bulk) {
+		t.Fatalf("the bulk arrived changed (%d bytes)", len(rest))
+	}
+}

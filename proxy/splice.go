@@ -17,13 +17,24 @@ import (
 //
 // Each direction is one goroutine running copyConn. Short messages go through a pooled
 // 16 KiB buffer (one TLS record); bulk bursts between plain sockets go through splice(2)
-// (zero-copy, see DESIGN.md) with a pooled pipe. An idle direction holds neither: it is
-// parked in the runtime's poller (rawio.go).
+// (zero-copy, see DESIGN.md) with a pooled pipe, and bulk bursts to a TLS side through a
+// pooled 64 KiB buffer whose records leave in one write(2) (nbConn.gather). An idle
+// direction holds none of them: it is parked in the runtime's poller (rawio.go).
 
 // copyBufSize is one maximal TLS record (RFC 8446 section 5.1).
 const copyBufSize = 16 << 10
 
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// bulkBufSize is the buffer a copy to a TLS side takes once a read has filled a copyBufSize
+// one (bulk data is flowing, and splice(2) cannot encrypt): fewer, larger reads, and with
+// nbConn.gather one write(2) for the four records made of it. It goes back to its pool when
+// the source is drained. Measured (BenchmarkCopy/plain_to_tls): 553 → 765 MB/s, a third of
+// the allocations; 128 and 256 KiB cost as much CPU per MB in `imapgate bench` and hold more
+// memory per downloading session.
+const bulkBufSize = 64 << 10
+
+var bulkBufPool = sync.Pool{New: func() any { b := make([]byte, bulkBufSize); return &b }}
 
 // halfCloseLinger is how long the backend may go on sending after the client has closed its
 // sending half. IMAP has no use for a long half-open connection: a client that sent its last
@@ -283,6 +294,9 @@ func (a accounting) write(dst *endpoint, b []byte) error {
 	if a.tap != nil {
 		a.tap(b)
 	}
+	if dst.tls && dst.nb != nil && len(b) > copyBufSize {
+		return dst.nb.gather(dst.conn, b)
+	}
 	if dst.tls || dst.rc == nil {
 		_, err := dst.conn.Write(b)
 		return err
@@ -315,9 +329,10 @@ func (a accounting) add(n int) {
 // Under crypto/tls, nbConn reads the socket inside the same callback.
 func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bulk bool, err error) {
 	var bp *[]byte
+	pool := &copyBufPool // where bp comes from: bulkBufPool during a burst to a TLS side
 	defer func() {
 		if bp != nil {
-			copyBufPool.Put(bp)
+			pool.Put(bp)
 		}
 	}()
 	for {
@@ -331,7 +346,7 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 				defer src.nb.leave()
 			}
 			if bp == nil {
-				bp = copyBufPool.Get().(*[]byte)
+				bp = pool.Get().(*[]byte)
 			}
 			if src.tls {
 				n, e = src.conn.Read(*bp) // crypto/tls over nbConn: decrypts buffered records first
@@ -339,8 +354,8 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 				n, e = readNonblock(fd, *bp)
 			}
 			if n == 0 && e == errWouldBlock {
-				copyBufPool.Put(bp)
-				bp = nil
+				pool.Put(bp)
+				bp, pool = nil, &copyBufPool
 				return false // park until readable
 			}
 			return true
@@ -363,6 +378,10 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, e
 		case e == nil && canSplice && n == len(*bp):
 			return true, nil
+		case e == nil && dst.tls && dst.nb != nil && pool == &copyBufPool && n == len(*bp):
+			// A burst towards a TLS side: go on with a bulk buffer.
+			copyBufPool.Put(bp)
+			bp, pool = nil, &bulkBufPool
 		}
 	}
 }
