@@ -67,6 +67,9 @@ func row(r *Result) (result, vs, details string) {
 		if r.ProxyCPUPerOp > 0 {
 			details += fmt.Sprintf("; proxy CPU %s/login", dur(secs(r.ProxyCPUPerOp)))
 		}
+		if r.BackendCPUPerOp > 0 {
+			details += fmt.Sprintf("; backend CPU %s/login", dur(secs(r.BackendCPUPerOp)))
+		}
 		if r.Ratio > 0 {
 			vs = fmt.Sprintf("%.2f× direct", r.Ratio)
 		}
@@ -76,6 +79,9 @@ func row(r *Result) (result, vs, details string) {
 		if r.ProxyCPUPerOp > 0 {
 			details += fmt.Sprintf("; proxy CPU %s/MB", dur(secs(r.ProxyCPUPerOp)))
 		}
+		if r.BackendCPUPerOp > 0 {
+			details += fmt.Sprintf("; backend CPU %s/MB", dur(secs(r.BackendCPUPerOp)))
+		}
 		if r.Ratio > 0 {
 			vs = fmt.Sprintf("%.2f× direct", r.Ratio)
 		}
@@ -84,6 +90,9 @@ func row(r *Result) (result, vs, details string) {
 		details = fmt.Sprintf("p99 %s; %d NOOPs", dur(r.P99), r.Count)
 		if r.ProxyCPUPerOp > 0 {
 			details += fmt.Sprintf("; proxy CPU %s/NOOP", dur(secs(r.ProxyCPUPerOp)))
+		}
+		if r.BackendCPUPerOp > 0 {
+			details += fmt.Sprintf("; backend CPU %s/NOOP", dur(secs(r.BackendCPUPerOp)))
 		}
 		if r.Target != Direct && (r.AddedP50 != 0 || r.AddedP99 != 0) {
 			vs = fmt.Sprintf("%s p50, %s p99", signedDur(r.AddedP50), signedDur(r.AddedP99))
