@@ -317,6 +317,12 @@ func (s *Server) sweepOnce() {
 	if d == nil {
 		return
 	}
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return // the poller is gone: no flow can go dormant, asking them would only wake them
+	}
 	for i := range d.runningFlows {
 		sh := &d.runningFlows[i]
 		sh.mu.Lock()
@@ -352,6 +358,9 @@ func (d *dormancy) running(f *flow, on bool) {
 	sh := &d.runningFlows[f.shard]
 	sh.mu.Lock()
 	if on {
+		// A woken flow starts its count of quiet looks afresh (the sweeper does not see
+		// dormant flows, so nothing else resets it): DormantAfter holds after every wake.
+		f.quiet = 0
 		sh.flows[f] = struct{}{}
 	} else {
 		delete(sh.flows, f)

@@ -131,6 +131,7 @@ type nbConn struct {
 	wmu       sync.Mutex
 	gathering bool
 	buf       *[]byte
+	werr      error // a gathered batch failed: crypto/tls and the wire disagree from here
 }
 
 // newNBConn wraps c if it is a socket (syscall.Conn); otherwise it returns nil and the
@@ -167,22 +168,29 @@ func (c *nbConn) Read(b []byte) (int, error) {
 	return readNonblock(c.fd, b)
 }
 
-// Write writes b to the connection, or adds it to the gathered bytes.
+// Write writes b to the connection, or adds it to the gathered bytes. Writes hold wmu to
+// the end, so a gathered batch and a direct write never pass each other: crypto/tls numbers
+// its records as it makes them, and the peer must get them in that order.
 func (c *nbConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return 0, c.werr
+	}
 	if c.gathering {
 		*c.buf = append(*c.buf, b...)
-		c.wmu.Unlock()
 		return len(b), nil
 	}
-	c.wmu.Unlock()
 	return c.Conn.Write(b)
 }
 
 // gather writes b through tc (the *tls.Conn over c) with one write(2) for all its records.
 // crypto/tls writes each record of at most 16 KiB on its own, so a bulk chunk of 64 KiB cost
-// four system calls; here it costs one. Other writers (a kick's BYE) that come in meanwhile
-// are gathered too, in order: crypto/tls serialises whole records.
+// four system calls; here it costs one. Another writer on tc meanwhile (the other flow
+// answering a TLS 1.3 KeyUpdate, an alert, a kick's BYE) is gathered too, whole and in
+// order, or waits for the batch to leave (TestGatherKeepsConcurrentWritesWhole). If the
+// batch cannot be written, crypto/tls has already counted its records as sent: the error
+// sticks, and every later write fails with it.
 func (c *nbConn) gather(tc net.Conn, b []byte) error {
 	c.wmu.Lock()
 	c.gathering = true
@@ -190,13 +198,16 @@ func (c *nbConn) gather(tc net.Conn, b []byte) error {
 	c.wmu.Unlock()
 	_, err := tc.Write(b)
 	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	buf := c.buf
 	c.gathering, c.buf = false, nil
-	c.wmu.Unlock()
-	if len(*buf) > 0 {
-		if _, werr := c.Conn.Write(*buf); err == nil {
-			err = werr
+	if len(*buf) > 0 && c.werr == nil {
+		if _, werr := c.Conn.Write(*buf); werr != nil {
+			c.werr = werr
 		}
+	}
+	if err == nil {
+		err = c.werr
 	}
 	*buf = (*buf)[:0]
 	gatherBufPool.Put(buf)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/imapgate/imapgate/routing"
@@ -274,46 +275,58 @@ func TestIdleSessionHoldsNoPipe(t *testing.T) {
 }
 
 // A bulk chunk to a TLS side goes out as one write(2) of all its records (nbConn.gather).
-// Another writer meanwhile (a kick's BYE) must neither be lost nor cut a record: here the
-// BYEs arrive whole, and what is left is the bulk, intact.
+// Another writer on the same TLS connection meanwhile (the other flow answering a TLS 1.3
+// KeyUpdate, an alert, a kick's BYE) must neither be lost, nor cut a record, nor overtake
+// records gathered before its own: the peer would fail with "bad record MAC". Here BYEs are
+// written in a loop while thousands of chunks are gathered; they arrive whole, and what is
+// left is the bulk, intact.
 func TestGatherKeepsConcurrentWritesWhole(t *testing.T) {
 	r := newCopyRig(t, false, true)
-	bulk := bytes.Repeat([]byte("a"), 4<<20)
+	const chunk = 20000                           // two records each
+	bulk := bytes.Repeat([]byte("a"), 4000*chunk) // the old code failed within 1000
 	bye := []byte("* BYE imapgate: kicked\r\n")
-	const byes = 50
-	done := make(chan error, 2)
+	type result struct {
+		got []byte
+		err error
+	}
+	received := make(chan result, 1)
 	go func() {
-		var err error
-		for off := 0; off < len(bulk) && err == nil; off += bulkBufSize {
-			err = r.dst.nb.gather(r.dst.conn, bulk[off:off+bulkBufSize])
-		}
-		done <- err
-	}()
-	go func() {
-		var err error
-		for i := 0; i < byes && err == nil; i++ {
-			_, err = r.dst.conn.Write(bye)
-		}
-		done <- err
-	}()
-	got := make([]byte, 0, len(bulk)+byes*len(bye))
-	buf := make([]byte, 64<<10)
-	for len(got) < cap(got) {
-		n, err := r.receiver.Read(buf)
+		got, err := io.ReadAll(r.receiver)
 		if err != nil {
-			t.Fatalf("after %d bytes: %v", len(got), err)
+			r.receiver.Close() // the writers below then fail instead of waiting
 		}
-		got = append(got, buf[:n]...)
-	}
-	for range 2 {
-		if err := <-done; err != nil {
-			t.Fatal(err)
+		received <- result{got, err}
+	}()
+	var stop atomic.Bool
+	byes := make(chan int, 1)
+	go func() {
+		n := 0
+		for !stop.Load() {
+			if _, err := r.dst.conn.Write(bye); err != nil {
+				break
+			}
+			n++
 		}
+		byes <- n
+	}()
+	var gerr error
+	for off := 0; off < len(bulk) && gerr == nil; off += chunk {
+		gerr = r.dst.nb.gather(r.dst.conn, bulk[off:off+chunk])
 	}
-	if n := bytes.Count(got, bye); n != byes {
-		t.Fatalf("%d whole BYEs arrived, want %d", n, byes)
+	stop.Store(true)
+	n := <-byes
+	if gerr == nil {
+		closeWrite(r.dst.conn)
 	}
-	if rest := bytes.ReplaceAll(got, bye, nil); !bytes.Equal(rest, bulk) {
+	res := <-received
+	if res.err != nil || gerr != nil {
+		t.Fatalf("after %d bytes: receiver: %v; gather: %v", len(res.got), res.err, gerr)
+	}
+	if got := bytes.Count(res.got, bye); got != n {
+		t.Fatalf("%d whole BYEs arrived, %d were written", got, n)
+	}
+	if rest := bytes.ReplaceAll(res.got, bye, nil); !bytes.Equal(rest, bulk) {
 		t.Fatalf("the bulk arrived changed (%d bytes)", len(rest))
 	}
+	t.Logf("%d gathers, %d BYEs in between", len(bulk)/chunk, n)
 }

@@ -105,7 +105,7 @@ type flow struct {
 	state    atomic.Int32 // flowRunning (a goroutine owns the flow) or flowDormant
 	sleepReq atomic.Bool  // the sweeper has asked the flow to go dormant
 	busy     atomic.Bool  // bytes moved since the sweeper last looked
-	quiet    int          // sweeps in a row that found the flow quiet; the sweeper's own
+	quiet    int          // sweeps in a row that found the flow quiet; under its registry shard's lock
 	shard    uint8        // its shard in dormancy's running-flow registry
 	// Guarded by dormancy.mu.
 	id        uint64 // key in the dormancy table, 0 until the flow first goes dormant
@@ -378,8 +378,9 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, e
 		case e == nil && canSplice && n == len(*bp):
 			return true, nil
-		case e == nil && dst.tls && dst.nb != nil && pool == &copyBufPool && n == len(*bp):
-			// A burst towards a TLS side: go on with a bulk buffer.
+		case e == nil && dst.tls && dst.nb != nil && !src.tls && pool == &copyBufPool && n == len(*bp):
+			// A burst towards a TLS side: go on with a bulk buffer. (From a TLS side a read
+			// returns one record at most: a bigger buffer would not fill.)
 			copyBufPool.Put(bp)
 			bp, pool = nil, &bulkBufPool
 		}
