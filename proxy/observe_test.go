@@ -3,11 +3,15 @@ package proxy
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -416,5 +420,52 @@ func TestObserverSeesCommandsPipelinedAfterLogin(t *testing.T) {
 	defer m.mu.Unlock()
 	if m.bytes["client_to_backend"] == 0 {
 		t.Errorf("pipelined bytes not counted: %v", m.bytes)
+	}
+}
+
+// A kick must not wait for a client that stopped reading: the backend→client copy is parked
+// writing to it, holding the lock a BYE would need. The kick gives up the BYE (the client is
+// in the middle of a response anyway) and closes the session.
+func TestKickWhileClientStopsReading(t *testing.T) {
+	addr := scriptedBackend(t, func(s *transcript) {
+		s.send("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] ready\r\n")
+		s.expect("ig1 AUTHENTICATE PLAIN AGFsaWNlAGFsaWNl")
+		s.send("ig1 OK [CAPABILITY IMAP4rev1] Logged in\r\n")
+		s.expect("c2 FETCH 1:* BODY[]")
+		_ = s.conn.SetDeadline(time.Time{})
+		line := []byte("* 1 FETCH (FLAGS (\\Seen)) " + strings.Repeat("x", 1000) + "\r\n")
+		for { // until the proxy closes the connection
+			if _, err := s.conn.Write(line); err != nil {
+				return
+			}
+		}
+	})
+	tp := startProxy(t, toBackends(&routing.Backend{Address: addr}),
+		ListenerOptions{AllowPlaintextAuth: true, Observe: ObserveOn})
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("c1 LOGIN alice alice\r\n")
+	c.expect("c1 OK [CAPABILITY IMAP4rev1] Logged in")
+	c.send("c2 FETCH 1:* BODY[]\r\n") // and read nothing more
+	deadline := time.Now().Add(20 * time.Second)
+	for !flowWaitsToWrite() {
+		if time.Now().After(deadline) {
+			t.Fatal("the backend→client copy never waited on the client")
+		}
+		runtime.Gosched()
+	}
+	kicked := make(chan int)
+	go func() { kicked <- tp.srv.Kick(func(SessionInfo) bool { return true }) }()
+	select {
+	case n := <-kicked:
+		if n != 1 {
+			t.Fatalf("kicked %d sessions", n)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Kick hung on a session whose client stopped reading")
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, c.conn); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the kicked session did not end: %v", err)
 	}
 }

@@ -371,13 +371,14 @@ func (s *session) logFields() []zap.Field {
 
 // kick ends a logged-in session on an operator's request (Server.Kick). A client between
 // commands or in IDLE gets "* BYE" first (RFC 9051 section 7.1.5), if the observer can tell.
+// While the backend→client copy holds the write lock, a response is being written (and may
+// be parked on a client that stopped reading): no BYE then, and no waiting for it.
 func (s *session) kick() {
 	s.kicked.Store(true)
 	s.mu.Lock()
 	obs, spliced := s.observer, s.spliced
 	s.mu.Unlock()
-	if spliced && obs != nil {
-		s.clientWMu.Lock()
+	if spliced && obs != nil && s.clientWMu.TryLock() {
 		if obs.atBoundary() {
 			_ = s.raw.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = s.conn.Write([]byte("* BYE Session ended by the administrator.\r\n"))
