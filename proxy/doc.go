@@ -16,11 +16,14 @@
 //	            address (Dovecot's x-originating-ip), AUTHENTICATE PLAIN or LOGIN
 //	response.go the backend response reader used by the upstream login
 //	splice.go   splice: raw bytes both ways, one flow (goroutine) per direction; short
-//	            messages through a pooled buffer, bulk bursts by splice(2) between plain TCP
+//	            messages through a pooled buffer, bulk bursts by splice(2) between plain TCP,
+//	            bulk bursts to a TLS side with their records gathered into one write
 //	rawio.go    the system calls under it: non-blocking reads and writes through
 //	            RawSyscall, waits in the runtime's poller, pooled pipes, TLS without blocking
 //	dormant.go  a flow silent for Options.DormantAfter hands its wait to a shared epoll
-//	            poller and its goroutine ends: an idle session holds no goroutine
+//	            poller and its goroutine ends: an idle session holds no goroutine; a sweeper
+//	            finds quiet flows in its own registry of running ones, never under Server.mu
+//	keepalive.go TCP keepalive: once on the listening socket (inherited), per backend dial
 //	observe.go  the optional traffic observer (commands, IDLE, timings) on the copied bytes
 //
 // After the handoff the proxy does not parse IMAP: bytes the client pipelined after its LOGIN
