@@ -41,19 +41,15 @@ func (wouldBlockError) Temporary() bool { return true }
 // (perf: do_nanosleep and futex_wait in sysmon, about 20 % of the proxy's samples).
 
 // sysRead is read(2) on a non-blocking descriptor.
-func sysRead(fd uintptr, b []byte) (int, syscall.Errno) {
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-		if e != syscall.EINTR {
-			return int(r), e
-		}
-	}
-}
+func sysRead(fd uintptr, b []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_READ, fd, b) }
 
 // sysWrite is write(2) on a non-blocking descriptor.
-func sysWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+func sysWrite(fd uintptr, b []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_WRITE, fd, b) }
+
+// sysRW is read(2) or write(2) (trap) on b, again after EINTR.
+func sysRW(trap, fd uintptr, b []byte) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		r, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
 		if e != syscall.EINTR {
 			return int(r), e
 		}
@@ -119,7 +115,6 @@ func writeAll(rc syscall.RawConn, b []byte) error {
 // blocking the thread.
 type nbConn struct {
 	net.Conn
-	rc          syscall.RawConn
 	prefix      []byte // bytes read ahead before the TLS handshake (after STARTTLS)
 	nonblocking atomic.Bool
 
@@ -141,11 +136,10 @@ func newNBConn(c net.Conn, prefix []byte) *nbConn {
 	if !ok {
 		return nil
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	if _, err := sc.SyscallConn(); err != nil {
 		return nil
 	}
-	return &nbConn{Conn: c, rc: rc, prefix: prefix}
+	return &nbConn{Conn: c, prefix: prefix}
 }
 
 // enter is called at the start of each RawConn.Read callback invocation with its descriptor;

@@ -82,7 +82,11 @@ func TestTLSReadResumesAfterWouldBlock(t *testing.T) {
 	wouldBlocks := 0
 	var rerr error
 	// As pump reads: inside one RawConn.Read, parking on "would block".
-	err = nb.rc.Read(func(fd uintptr) bool {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = rc.Read(func(fd uintptr) bool {
 		nb.enter(fd)
 		defer nb.leave()
 		for {

@@ -50,10 +50,9 @@ type session struct {
 	backend string
 	up      *upstream
 
-	mu       sync.Mutex // guards spliced, the login fields and observer against other goroutines
-	spliced  bool
-	sp       atomic.Pointer[spliceState] // set with spliced; read by interrupt and the sweeper
-	observer *trafficObserver            // the traffic observer after login, or nil
+	mu       sync.Mutex       // guards sp, the login fields and observer against other goroutines
+	sp       *spliceState     // the splice, from the handoff on; nil before
+	observer *trafficObserver // the traffic observer after login, or nil
 	// clientWMu serialises writes to the client after login between the backend→client copy
 	// and a kick's BYE.
 	clientWMu sync.Mutex
@@ -353,8 +352,8 @@ func (s *session) interrupt() {
 	s.closing.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.spliced {
-		s.sp.Load().closeAll()
+	if s.sp != nil {
+		s.sp.closeAll()
 		return
 	}
 	s.cancel()
@@ -376,7 +375,7 @@ func (s *session) logFields() []zap.Field {
 func (s *session) kick() {
 	s.kicked.Store(true)
 	s.mu.Lock()
-	obs, spliced := s.observer, s.spliced
+	obs, spliced := s.observer, s.sp != nil
 	s.mu.Unlock()
 	if spliced && obs != nil && s.clientWMu.TryLock() {
 		if obs.atBoundary() {
@@ -450,8 +449,7 @@ func (s *session) run(finish func()) (spliced bool) {
 		s.logEnd()
 		finish()
 	})
-	s.sp.Store(sp)
-	s.spliced = true
+	s.sp = sp
 	// The context only served the login; dropping it now frees what it holds (interrupt
 	// uses the splice from here on).
 	s.cancel()

@@ -49,7 +49,7 @@ const halfCloseLinger = 5 * time.Second
 // have ended, the last one closes both connections and calls done. The splice records byte
 // counts, who closed first and the first real error.
 //
-// The caller holds s.mu: from then on interrupt reaches the flows through s.sp.
+// The caller holds s.mu and sets s.sp: from then on interrupt reaches the flows through it.
 func (s *session) splice(done func()) *spliceState {
 	sp := &spliceState{s: s, done: done}
 	client := makeEndpoint(s.raw, s.conn, s.nb)
@@ -217,6 +217,9 @@ type endpoint struct {
 	tls  bool
 }
 
+// gathers reports whether writes to e can go through nbConn.gather: TLS over a socket.
+func (e *endpoint) gathers() bool { return e.tls && e.nb != nil }
+
 func makeEndpoint(raw, conn net.Conn, nb *nbConn) *endpoint {
 	e := &endpoint{conn: conn, nb: nb}
 	_, e.tls = conn.(*tls.Conn)
@@ -294,7 +297,7 @@ func (a accounting) write(dst *endpoint, b []byte) error {
 	if a.tap != nil {
 		a.tap(b)
 	}
-	if dst.tls && dst.nb != nil && len(b) > copyBufSize {
+	if dst.gathers() && len(b) > copyBufSize {
 		return dst.nb.gather(dst.conn, b)
 	}
 	if dst.tls || dst.rc == nil {
@@ -378,7 +381,7 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, e
 		case e == nil && canSplice && n == len(*bp):
 			return true, nil
-		case e == nil && dst.tls && dst.nb != nil && !src.tls && pool == &copyBufPool && n == len(*bp):
+		case e == nil && dst.gathers() && !src.tls && pool == &copyBufPool && n == len(*bp):
 			// A burst towards a TLS side: go on with a bulk buffer. (From a TLS side a read
 			// returns one record at most: a bigger buffer would not fill.)
 			copyBufPool.Put(bp)

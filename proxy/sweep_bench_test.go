@@ -44,7 +44,7 @@ func BenchmarkSweep(b *testing.B) {
 					}
 					sp.flows[j] = f
 				}
-				sess.sp.Store(sp)
+				sess.sp = sp
 				srv.sessions[sess] = struct{}{}
 			}
 			b.ResetTimer()

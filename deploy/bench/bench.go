@@ -545,8 +545,8 @@ func describePeers(targets []string, o *Options) []string {
 				fwd = ", forward_client_ip (an ID command before login)"
 			}
 			rt := fmt.Sprintf("GOMAXPROCS=%d (the default: every core)", nproc())
-			if env := userEnv(o.Imapgate.Env); len(env) > 0 {
-				rt = "environment " + strings.Join(env, " ")
+			if len(o.Imapgate.Env) > 0 {
+				rt = "environment " + strings.Join(o.Imapgate.Env, " ")
 			}
 			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, %s, JSON logs at info%s",
 				runtime.Version(), rt, fwd))
@@ -574,18 +574,6 @@ func notes(rep *Report, o *Options) []string {
 		if r.Skipped != "" && !skipped[r.Target] {
 			skipped[r.Target] = true
 			out = append(out, fmt.Sprintf("%s skipped: %s.", r.Target, r.Skipped))
-		}
-	}
-	return out
-}
-
-// userEnv is the part of a child's environment worth printing: what bench -env set
-// (tests' own markers, named IMAPGATE_TEST_*, left out).
-func userEnv(env []string) []string {
-	var out []string
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, "IMAPGATE_TEST_") {
-			out = append(out, kv)
 		}
 	}
 	return out
