@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"strings"
 )
@@ -165,9 +164,4 @@ func appendQuoted(b []byte, s string) []byte {
 // isStatus reports whether r is the tagged completion for tag.
 func (r *response) isTagged(tag string) bool {
 	return r.tag == tag && r.status != ""
-}
-
-// hasPrefixFold is bytes.HasPrefix ignoring ASCII case.
-func hasPrefixFold(b []byte, prefix string) bool {
-	return len(b) >= len(prefix) && bytes.EqualFold(b[:len(prefix)], []byte(prefix))
 }

@@ -143,13 +143,15 @@ func (s *session) startClientTLS(prefix []byte) error {
 }
 
 // decodePlain decodes an AUTHENTICATE PLAIN response (RFC 4616 section 2) sent as base64
-// ("=" stands for an empty response, RFC 9051 section 6.2.2).
+// ("=" stands for an empty response, RFC 9051 section 6.2.2). An error's text is the text of
+// the client's BAD response, hence capitalised.
 func decodePlain(encoded string) (credentials, error) {
 	var raw []byte
 	if encoded != "=" {
 		var err error
 		raw, err = base64.StdEncoding.DecodeString(encoded)
 		if err != nil {
+			//lint:ignore ST1005 the text is the BAD response\'s
 			return credentials{}, errors.New("Invalid base64 in SASL response")
 		}
 	}
@@ -162,9 +164,11 @@ func decodePlain(encoded string) (credentials, error) {
 		raw = []byte{}
 	}
 	if _, _, err := srv.Next(raw); err != nil {
+		//lint:ignore ST1005 the text is the BAD response\'s
 		return credentials{}, errors.New("Invalid PLAIN response")
 	}
 	if cr.user == "" {
+		//lint:ignore ST1005 the text is the BAD response\'s
 		return credentials{}, errors.New("Invalid PLAIN response: empty user name")
 	}
 	return cr, nil
