@@ -184,7 +184,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.loginTimeout())
 	defer cancel()
-	log := s.srv.log.With(append(s.logFields(), zap.String("user", cr.user), zap.String("mechanism", mech))...)
+	log := s.srv.log.With(append(s.logFields(2), zap.String("user", cr.user), zap.String("mechanism", mech))...)
 
 	req := routing.Request{
 		User:      cr.user,
@@ -367,9 +367,11 @@ func (s *session) interrupt() {
 // logFields are the fields that name the session in every line it logs. A session keeps no
 // logger of its own: zap's With holds an encoder and a 1 KiB buffer, which was a tenth of
 // an idle session's memory.
-func (s *session) logFields() []zap.Field {
-	return []zap.Field{zap.String("session", s.id), zap.String("listener", s.lo.Name),
-		zap.String("client", s.raw.RemoteAddr().String())}
+// logFields are the fields every line about the session starts with, in a slice with room
+// for extra more.
+func (s *session) logFields(extra int) []zap.Field {
+	return append(make([]zap.Field, 0, 3+extra), zap.String("session", s.id), zap.String("listener", s.lo.Name),
+		zap.String("client", s.raw.RemoteAddr().String()))
 }
 
 // kick ends a logged-in session on an operator's request (Server.Kick). A client between
@@ -406,7 +408,7 @@ func (s *session) startObserver() {
 	}
 	o := newTrafficObserver(s.srv.metrics)
 	if traced {
-		o.trace, o.traceUntil = s.srv.log.With(append(s.logFields(), zap.String("user", s.user))...), until
+		o.trace, o.traceUntil = s.srv.log.With(append(s.logFields(1), zap.String("user", s.user))...), until
 	}
 	s.observer = o
 }
@@ -472,7 +474,8 @@ func (s *session) endBeforeSplice() {
 }
 
 func (s *session) logEnd() {
-	fields := append(s.logFields(),
+	// 4 fields always, 3 with a user, 1 for an error, 3 from the observer.
+	fields := append(s.logFields(11),
 		zap.Duration("duration", time.Since(s.start)),
 		zap.Int64("bytes_client_to_backend", s.c2b.Load()),
 		zap.Int64("bytes_backend_to_client", s.b2c.Load()),
