@@ -3,13 +3,16 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
 )
 
 // FuzzPreauth drives the pre-auth state machine with arbitrary client bytes over a real
@@ -85,4 +88,100 @@ func FuzzPreauth(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzUpstream plays the backend during the upstream login with arbitrary bytes (then a
+// FIN): greeting, capabilities, the ID answer, the login's completion, literals inside
+// responses. Whatever it sends, dialUpstream and login must return, without panicking, an
+// error typed by who is at fault (the backend: unavailable or protocol; the credentials:
+// authentication failed) or a login with known capabilities. The seed corpus runs in the
+// normal test suite.
+func FuzzUpstream(f *testing.F) {
+	const caps = "IMAP4rev1 ID SASL-IR AUTH=PLAIN"
+	for _, seed := range []string{
+		"* OK [CAPABILITY " + caps + "] ready\r\n* ID NIL\r\nig1 OK ID done\r\nig2 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n",
+		"* OK [CAPABILITY " + caps + "] ready\r\nig1 OK\r\nig2 NO [AUTHENTICATIONFAILED] no\r\n",
+		"* OK [CAPABILITY " + caps + "] ready\r\nig1 OK\r\nig2 NO [UNAVAILABLE] later\r\n",
+		"* OK ready\r\n* CAPABILITY IMAP4rev1\r\nig1 OK\r\nig2 OK Logged in\r\nig3 BAD what\r\n",
+		"* OK ready\r\n* CAPABILITY IMAP4rev1 LOGINDISABLED\r\nig1 OK\r\n",
+		"* OK [CAPABILITY IMAP4rev1 ID] hi\r\n* ID (\"name\" {3}\r\nfoo)\r\nig1 OK\r\n* CAPABILITY IMAP4rev1\r\n* 3 EXISTS\r\nig2 OK done\r\n",
+		"* PREAUTH hi\r\n",
+		"* BYE busy\r\n",
+		"HTTP/1.1 400 Bad Request\r\n\r\n",
+		"* OK {99999999999}\r\n",
+		"* OK [CAPABILITY " + caps + "] {5}\r\nab",
+		"* OK [CAPABILITY\r\n",
+		"* ok [capability imap4rev1 auth=plain sasl-ir] x\r\n+ \r\nig1 ok\r\n",
+		"",
+	} {
+		f.Add([]byte(seed), false)
+	}
+	f.Add([]byte("* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\nig1 OK begin\r\n"), true)
+	f.Add([]byte("* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\nig1 OK begin\r\n* injected\r\n"), true)
+	f.Add([]byte("* OK [CAPABILITY IMAP4rev1] no STARTTLS here\r\n"), true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { ln.Close() })
+	f.Fuzz(func(t *testing.T, script []byte, startTLS bool) {
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			_, _ = c.Write(script)
+			_ = c.(*net.TCPConn).CloseWrite()
+			_, _ = io.Copy(io.Discard, c) // what the proxy sends, until it closes
+		}()
+		defer func() { <-served }()
+		be := &routing.Backend{Address: ln.Addr().String(), ForwardClientIP: true}
+		if startTLS {
+			be.TLS = tlsconf.STARTTLS
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		up, err := dialUpstream(ctx, be, 20*time.Second)
+		if err != nil {
+			checkUpstreamErr(t, err)
+			return
+		}
+		defer up.raw.Close()
+		defer up.releaseReader()
+		ci := clientInfo{client: netip.MustParseAddrPort("192.0.2.1:5000"), sessionID: "s1"}
+		if err := up.forwardID(ci); err != nil {
+			checkUpstreamErr(t, err)
+			return
+		}
+		res, err := up.login(credentials{user: "alice", password: "secret"})
+		if err != nil {
+			checkUpstreamErr(t, err)
+			return
+		}
+		if !res.caps.known() {
+			t.Fatalf("login succeeded without capabilities: %+v", res)
+		}
+		t.Logf("logged in (%s), capabilities %s", res.mech, res.caps)
+	})
+}
+
+// checkUpstreamErr fails t unless err says who is at fault, as the upstream login promises.
+func checkUpstreamErr(t *testing.T, err error) {
+	t.Helper()
+	t.Logf("upstream login failed: %v", err)
+	var (
+		un *backendUnavailableError
+		pe *backendProtocolError
+		af *authFailedError
+	)
+	if !errors.As(err, &un) && !errors.As(err, &pe) && !errors.As(err, &af) {
+		t.Fatalf("untyped error %T: %v", err, err)
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the upstream login timed out instead of ending at the backend's FIN: %v", err)
+	}
 }

@@ -122,16 +122,16 @@ func (c capSet) known() bool { return len(c.list) > 0 }
 func (c capSet) String() string { return strings.Join(c.list, " ") }
 
 // capsFrom returns the capabilities carried by a response: a [CAPABILITY …] code or an
-// untagged CAPABILITY response.
-func capsFrom(r *response) (capSet, bool) {
+// untagged CAPABILITY response. An empty list carries none (RFC 9051 section 7.2.2: the
+// list holds at least IMAP4rev2 or IMAP4rev1), so ok is false for it and the caller asks.
+func capsFrom(r *response) (caps capSet, ok bool) {
 	if r.codeName() == "CAPABILITY" {
 		_, list, _ := strings.Cut(r.code, " ")
-		return parseCaps(list), true
+		caps = parseCaps(list)
+	} else if name, args := r.untaggedData(); name == "CAPABILITY" {
+		caps = parseCaps(args)
 	}
-	if name, args := r.untaggedData(); name == "CAPABILITY" {
-		return parseCaps(args), true
-	}
-	return capSet{}, false
+	return caps, caps.known()
 }
 
 // quoteOK reports whether s can be sent as an IMAP quoted string (RFC 9051 "quoted": 7-bit
