@@ -314,6 +314,15 @@ func scriptedBackend(t *testing.T, script func(s *transcript)) string {
 	return ln.Addr().String()
 }
 
+// viaProxy starts a proxy (plaintext LOGIN allowed) in front of be and returns it with a
+// client past the greeting.
+func viaProxy(t *testing.T, be *routing.Backend) (*testProxy, *transcript) {
+	tp := startProxy(t, toBackends(be), ListenerOptions{AllowPlaintextAuth: true})
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	return tp, c
+}
+
 func TestUpstreamUntaggedCapabilityAndBytesAfterOK(t *testing.T) {
 	addr := scriptedBackend(t, func(s *transcript) {
 		s.send("* OK Gimap ready\r\n") // no capabilities in the greeting
@@ -326,9 +335,7 @@ func TestUpstreamUntaggedCapabilityAndBytesAfterOK(t *testing.T) {
 		s.expect("c2 NOOP")
 		s.send("c2 OK Success\r\n")
 	})
-	tp := startProxy(t, toBackends(&routing.Backend{Address: addr}), ListenerOptions{AllowPlaintextAuth: true})
-	c := dialTranscript(t, tp.addr)
-	c.expect(greetPlainAllowed)
+	_, c := viaProxy(t, &routing.Backend{Address: addr})
 	c.send(`c1 LOGIN alice "pa ss\"word"` + "\r\n")
 	c.expect("* OK [ALERT] Welcome")
 	c.expect("c1 OK [CAPABILITY IMAP4rev1 UNSELECT IDLE NAMESPACE] alice authenticated (Success)")
@@ -347,10 +354,24 @@ func TestUpstreamLiteralLoginAndCapabilityAfterOK(t *testing.T) {
 		s.expect("ig2 CAPABILITY")
 		s.send("* CAPABILITY IMAP4rev1 IDLE\r\nig2 OK done\r\n")
 	})
-	tp := startProxy(t, toBackends(&routing.Backend{Address: addr}), ListenerOptions{AllowPlaintextAuth: true})
-	c := dialTranscript(t, tp.addr)
-	c.expect(greetPlainAllowed)
+	_, c := viaProxy(t, &routing.Backend{Address: addr})
 	c.send("c1 LOGIN {5+}\r\njörg pw\r\n")
+	c.expect("c1 OK [CAPABILITY IMAP4rev1 IDLE] done")
+}
+
+// An empty capability list (found by FuzzUpstream) is no list: the client never sees it, and
+// the proxy asks instead of handing the client "OK [CAPABILITY ]".
+func TestUpstreamEmptyCapabilityListAsked(t *testing.T) {
+	addr := scriptedBackend(t, func(s *transcript) {
+		s.send("* OK [CAPABILITY IMAP4rev1] ready\r\n")
+		s.expect(`ig1 LOGIN "alice" "alice"`)
+		s.send("* CAPABILITY\r\n* OK [CAPABILITY] hm\r\n* OK [ALERT] Welcome\r\nig1 OK [CAPABILITY] done\r\n")
+		s.expect("ig2 CAPABILITY")
+		s.send("* CAPABILITY IMAP4rev1 IDLE\r\nig2 OK [CAPABILITY] done\r\n")
+	})
+	_, c := viaProxy(t, &routing.Backend{Address: addr})
+	c.send("c1 LOGIN alice alice\r\n")
+	c.expect("* OK [ALERT] Welcome")
 	c.expect("c1 OK [CAPABILITY IMAP4rev1 IDLE] done")
 }
 
@@ -362,10 +383,7 @@ func TestUpstreamStartTLSInjectionRefused(t *testing.T) {
 		s.send("ig1 OK Begin TLS\r\n* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] injected\r\n")
 		s.expectClosed()
 	})
-	tp := startProxy(t, toBackends(&routing.Backend{Address: addr, TLS: tlsconf.STARTTLS}),
-		ListenerOptions{AllowPlaintextAuth: true})
-	c := dialTranscript(t, tp.addr)
-	c.expect(greetPlainAllowed)
+	tp, c := viaProxy(t, &routing.Backend{Address: addr, TLS: tlsconf.STARTTLS})
 	c.send("c1 LOGIN alice alice\r\n")
 	c.expect("c1 NO [UNAVAILABLE] Service temporarily unavailable.")
 	if !strings.Contains(tp.logText(), "possible injection") {
@@ -384,10 +402,7 @@ func TestUpstreamPipelinedIDRefusedThenLiteralLogin(t *testing.T) {
 		s.expect("pässw")
 		s.send("ig2 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
 	})
-	tp := startProxy(t, toBackends(&routing.Backend{Address: addr, ForwardClientIP: true}),
-		ListenerOptions{AllowPlaintextAuth: true})
-	c := dialTranscript(t, tp.addr)
-	c.expect(greetPlainAllowed)
+	_, c := viaProxy(t, &routing.Backend{Address: addr, ForwardClientIP: true})
 	c.send("c1 LOGIN alice {6+}\r\npässw\r\n")
 	c.expect("c1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
 }
@@ -403,10 +418,7 @@ func TestUpstreamForwardsClientAddressInID(t *testing.T) {
 		s.send("* ID NIL\r\nig1 OK ID done\r\n")
 		s.send("ig2 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
 	})
-	tp := startProxy(t, toBackends(&routing.Backend{Address: addr, ForwardClientIP: true}),
-		ListenerOptions{AllowPlaintextAuth: true})
-	c := dialTranscript(t, tp.addr)
-	c.expect(greetPlainAllowed)
+	tp, c := viaProxy(t, &routing.Backend{Address: addr, ForwardClientIP: true})
 	c.send("c1 LOGIN alice alice\r\n")
 	c.expect("c1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
 	id := <-got

@@ -112,6 +112,7 @@ func FuzzUpstream(f *testing.F) {
 		"* OK [CAPABILITY " + caps + "] {5}\r\nab",
 		"* OK [CAPABILITY\r\n",
 		"* ok [capability imap4rev1 auth=plain sasl-ir] x\r\n+ \r\nig1 ok\r\n",
+		"* OK [CAPABILITY " + caps + "] hi\r\nig1 OK\r\n* CAPABILITY\r\n* OK [CAPABILITY]\r\nig2 OK [CAPABILITY IMAP4rev1] in\r\n",
 		"",
 	} {
 		f.Add([]byte(seed), false)
@@ -164,6 +165,11 @@ func FuzzUpstream(f *testing.F) {
 		}
 		if !res.caps.known() {
 			t.Fatalf("login succeeded without capabilities: %+v", res)
+		}
+		for _, raw := range res.untagged {
+			if parseResponse(raw).isCapability() {
+				t.Fatalf("a capability response would reach the client before the tagged OK: %q", raw)
+			}
 		}
 		t.Logf("logged in (%s), capabilities %s", res.mech, res.caps)
 	})

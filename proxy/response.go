@@ -134,6 +134,13 @@ func capsFrom(r *response) (caps capSet, ok bool) {
 	return caps, caps.known()
 }
 
+// isCapability reports whether r is a capability response: a [CAPABILITY …] code or an
+// untagged CAPABILITY response, with a list or (malformed) without one.
+func (r *response) isCapability() bool {
+	name, _ := r.untaggedData()
+	return name == "CAPABILITY" || r.codeName() == "CAPABILITY"
+}
+
 // quoteOK reports whether s can be sent as an IMAP quoted string (RFC 9051 "quoted": 7-bit
 // TEXT-CHARs; 8-bit only with UTF8=ACCEPT, which we do not assume before login).
 func quoteOK(s string) bool {

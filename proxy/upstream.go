@@ -329,6 +329,9 @@ func (u *upstream) login(cr credentials) (*loginResult, error) {
 			untaggedCaps = c // tolerated: Gmail and SmarterMail send it this way
 			return
 		}
+		if r.isCapability() {
+			return // an empty list: dropped, the client gets the capabilities in the tagged OK
+		}
 		res.untagged = append(res.untagged, r.raw)
 	})
 	if err != nil {
