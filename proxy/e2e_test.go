@@ -317,6 +317,7 @@ func scriptedBackend(t *testing.T, script func(s *transcript)) string {
 // viaProxy starts a proxy (plaintext LOGIN allowed) in front of be and returns it with a
 // client past the greeting.
 func viaProxy(t *testing.T, be *routing.Backend) (*testProxy, *transcript) {
+	t.Helper()
 	tp := startProxy(t, toBackends(be), ListenerOptions{AllowPlaintextAuth: true})
 	c := dialTranscript(t, tp.addr)
 	c.expect(greetPlainAllowed)

@@ -65,7 +65,7 @@ func FuzzPreauth(f *testing.F) {
 				return
 			}
 			if err != nil {
-				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 					t.Fatalf("proxy did not end the connection")
 				}
 				return // reset by peer after BYE and close: fine
@@ -120,12 +120,11 @@ func FuzzUpstream(f *testing.F) {
 	f.Add([]byte("* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\nig1 OK begin\r\n"), true)
 	f.Add([]byte("* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\nig1 OK begin\r\n* injected\r\n"), true)
 	f.Add([]byte("* OK [CAPABILITY IMAP4rev1] no STARTTLS here\r\n"), true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { ln.Close() })
 	f.Fuzz(func(t *testing.T, script []byte, startTLS bool) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
 		served := make(chan struct{})
 		go func() {
 			defer close(served)
@@ -140,6 +139,7 @@ func FuzzUpstream(f *testing.F) {
 			_, _ = io.Copy(io.Discard, c) // what the proxy sends, until it closes
 		}()
 		defer func() { <-served }()
+		defer ln.Close() // first: ends the Accept of a dial that never came
 		be := &routing.Backend{Address: ln.Addr().String(), ForwardClientIP: true}
 		if startTLS {
 			be.TLS = tlsconf.STARTTLS
@@ -187,7 +187,7 @@ func checkUpstreamErr(t *testing.T, err error) {
 	if !errors.As(err, &un) && !errors.As(err, &pe) && !errors.As(err, &af) {
 		t.Fatalf("untyped error %T: %v", err, err)
 	}
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("the upstream login timed out instead of ending at the backend's FIN: %v", err)
 	}
 }

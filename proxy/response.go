@@ -122,8 +122,9 @@ func (c capSet) known() bool { return len(c.list) > 0 }
 func (c capSet) String() string { return strings.Join(c.list, " ") }
 
 // capsFrom returns the capabilities carried by a response: a [CAPABILITY …] code or an
-// untagged CAPABILITY response. An empty list carries none (RFC 9051 section 7.2.2: the
-// list holds at least IMAP4rev2 or IMAP4rev1), so ok is false for it and the caller asks.
+// untagged CAPABILITY response. An empty list carries none (the list must hold IMAP4rev2,
+// RFC 9051 section 7.2.2, or IMAP4rev1 from an RFC 3501 server), so ok is false for it and
+// the caller asks.
 func capsFrom(r *response) (caps capSet, ok bool) {
 	if r.codeName() == "CAPABILITY" {
 		_, list, _ := strings.Cut(r.code, " ")

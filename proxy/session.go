@@ -151,7 +151,7 @@ func decodePlain(encoded string) (credentials, error) {
 		var err error
 		raw, err = base64.StdEncoding.DecodeString(encoded)
 		if err != nil {
-			//lint:ignore ST1005 the text is the BAD response\'s
+			//lint:ignore ST1005 the text is the BAD response's
 			return credentials{}, errors.New("Invalid base64 in SASL response")
 		}
 	}
@@ -164,11 +164,11 @@ func decodePlain(encoded string) (credentials, error) {
 		raw = []byte{}
 	}
 	if _, _, err := srv.Next(raw); err != nil {
-		//lint:ignore ST1005 the text is the BAD response\'s
+		//lint:ignore ST1005 the text is the BAD response's
 		return credentials{}, errors.New("Invalid PLAIN response")
 	}
 	if cr.user == "" {
-		//lint:ignore ST1005 the text is the BAD response\'s
+		//lint:ignore ST1005 the text is the BAD response's
 		return credentials{}, errors.New("Invalid PLAIN response: empty user name")
 	}
 	return cr, nil
@@ -364,11 +364,9 @@ func (s *session) interrupt() {
 	_ = s.raw.SetReadDeadline(time.Unix(1, 0))
 }
 
-// logFields are the fields that name the session in every line it logs. A session keeps no
-// logger of its own: zap's With holds an encoder and a 1 KiB buffer, which was a tenth of
-// an idle session's memory.
-// logFields are the fields every line about the session starts with, in a slice with room
-// for extra more.
+// logFields are the fields that name the session in every line it logs, in a slice with room
+// for extra more fields. A session keeps no logger of its own: zap's With holds an encoder
+// and a 1 KiB buffer, which was a tenth of an idle session's memory.
 func (s *session) logFields(extra int) []zap.Field {
 	return append(make([]zap.Field, 0, 3+extra), zap.String("session", s.id), zap.String("listener", s.lo.Name),
 		zap.String("client", s.raw.RemoteAddr().String()))
