@@ -120,11 +120,14 @@ func FuzzUpstream(f *testing.F) {
 	f.Add([]byte("* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\nig1 OK begin\r\n"), true)
 	f.Add([]byte("* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\nig1 OK begin\r\n* injected\r\n"), true)
 	f.Add([]byte("* OK [CAPABILITY IMAP4rev1] no STARTTLS here\r\n"), true)
+	// One listener for every run: one per run runs out of ports when fuzzing.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { ln.Close() })
+	tl := ln.(*net.TCPListener)
 	f.Fuzz(func(t *testing.T, script []byte, startTLS bool) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		served := make(chan struct{})
 		go func() {
 			defer close(served)
@@ -138,8 +141,13 @@ func FuzzUpstream(f *testing.F) {
 			_ = c.(*net.TCPConn).CloseWrite()
 			_, _ = io.Copy(io.Discard, c) // what the proxy sends, until it closes
 		}()
-		defer func() { <-served }()
-		defer ln.Close() // first: ends the Accept of a dial that never came
+		defer func() {
+			// Ends the Accept of a dial that failed before connecting (a dial that connected
+			// was accepted: the login needs the greeting), then re-arms the listener.
+			_ = tl.SetDeadline(time.Unix(1, 0))
+			<-served
+			_ = tl.SetDeadline(time.Time{})
+		}()
 		be := &routing.Backend{Address: ln.Addr().String(), ForwardClientIP: true}
 		if startTLS {
 			be.TLS = tlsconf.STARTTLS
