@@ -184,13 +184,21 @@ func (c *nbConn) Write(b []byte) (int, error) {
 // answering a TLS 1.3 KeyUpdate, an alert, a kick's BYE) is gathered too, whole and in
 // order, or waits for the batch to leave (TestGatherKeepsConcurrentWritesWhole). If the
 // batch cannot be written, crypto/tls has already counted its records as sent: the error
-// sticks, and every later write fails with it.
-func (c *nbConn) gather(tc net.Conn, b []byte) error {
+// sticks, and every later write fails with it. release, if not nil, is called once b is
+// encrypted, before the batch is written: a client that reads slowly parks the write with
+// the batch, and the caller's buffer is free already.
+func (c *nbConn) gather(tc net.Conn, b []byte, release func()) error {
 	c.wmu.Lock()
 	c.gathering = true
 	c.buf = gatherBufPool.Get().(*[]byte)
 	c.wmu.Unlock()
 	_, err := tc.Write(b)
+	if release != nil {
+		release()
+	}
+	if h := testHookGatherFlush.Load(); h != nil {
+		(*h)()
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	buf := c.buf
@@ -207,6 +215,9 @@ func (c *nbConn) gather(tc net.Conn, b []byte) error {
 	gatherBufPool.Put(buf)
 	return err
 }
+
+// testHookGatherFlush, if set (by tests), is called by gather before it writes a batch.
+var testHookGatherFlush atomic.Pointer[func()]
 
 // gatherBufPool holds gather's buffers: a bulk chunk and its records' overhead.
 var gatherBufPool = sync.Pool{New: func() any { b := make([]byte, 0, bulkBufSize+bulkBufSize/256); return &b }}

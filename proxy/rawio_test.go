@@ -315,7 +315,7 @@ func TestGatherKeepsConcurrentWritesWhole(t *testing.T) {
 	}()
 	var gerr error
 	for off := 0; off < len(bulk) && gerr == nil; off += chunk {
-		gerr = r.dst.nb.gather(r.dst.conn, bulk[off:off+chunk])
+		gerr = r.dst.nb.gather(r.dst.conn, bulk[off:off+chunk], nil)
 	}
 	stop.Store(true)
 	n := <-byes
@@ -333,4 +333,33 @@ func TestGatherKeepsConcurrentWritesWhole(t *testing.T) {
 		t.Fatalf("the bulk arrived changed (%d bytes)", len(rest))
 	}
 	t.Logf("%d gathers, %d BYEs in between", len(bulk)/chunk, n)
+}
+
+// A TLS client that reads slowly parks the bulk copy to it in the write of a gathered batch.
+// By then the copy has given its buffer back: it waits holding the batch's records (64 KiB),
+// not the plaintext they were made from as well.
+func TestGatherFlushHoldsNoCopyBuffer(t *testing.T) {
+	r := newCopyRig(t, false, true)
+	base := copyBufPool.out.Load() + bulkBufPool.out.Load()
+	var flushes, held atomic.Int64
+	hook := func() {
+		flushes.Add(1)
+		held.Add(copyBufPool.out.Load() + bulkBufPool.out.Load() - base)
+	}
+	testHookGatherFlush.Store(&hook)
+	t.Cleanup(func() { testHookGatherFlush.Store(nil) })
+	data := make([]byte, 8<<20)
+	if _, n, err := r.run(data, false); err != nil || n != int64(len(data)) {
+		t.Fatalf("copyConn = %d, %v", n, err)
+	}
+	if flushes.Load() == 0 {
+		t.Fatal("no batch was gathered")
+	}
+	if h := held.Load(); h != 0 {
+		t.Fatalf("%d copy buffers held over %d batch writes", h, flushes.Load())
+	}
+	t.Logf("%d batch writes, no copy buffer held during any", flushes.Load())
+	if out := copyBufPool.out.Load() + bulkBufPool.out.Load(); out != base {
+		t.Fatalf("%d copy buffers not given back", out-base)
+	}
 }

@@ -18,13 +18,14 @@ import (
 // Each direction is one goroutine running copyConn. Short messages go through a pooled
 // 16 KiB buffer (one TLS record); bulk bursts between plain sockets go through splice(2)
 // (zero-copy, see DESIGN.md) with a pooled pipe, and bulk bursts to a TLS side through a
-// pooled 64 KiB buffer whose records leave in one write(2) (nbConn.gather). An idle
-// direction holds none of them: it is parked in the runtime's poller (rawio.go).
+// pooled 64 KiB buffer whose records leave in one write(2) (nbConn.gather); the buffer goes
+// back before that write, which may wait for a slow client. An idle direction holds none of
+// them: it is parked in the runtime's poller (rawio.go).
 
 // copyBufSize is one maximal TLS record (RFC 8446 section 5.1).
 const copyBufSize = 16 << 10
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+var copyBufPool = newBufPool(copyBufSize)
 
 // bulkBufSize is the buffer a copy to a TLS side takes once a read has filled a copyBufSize
 // one (bulk data is flowing, and splice(2) cannot encrypt): fewer, larger reads, and with
@@ -34,7 +35,30 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); re
 // memory per downloading session.
 const bulkBufSize = 64 << 10
 
-var bulkBufPool = sync.Pool{New: func() any { b := make([]byte, bulkBufSize); return &b }}
+var bulkBufPool = newBufPool(bulkBufSize)
+
+// bufPool is a pool of copy buffers of one size that counts the buffers taken and not yet
+// given back: what the sessions' copies hold at this moment.
+type bufPool struct {
+	pool sync.Pool
+	out  atomic.Int64
+}
+
+func newBufPool(size int) *bufPool {
+	p := &bufPool{}
+	p.pool.New = func() any { b := make([]byte, size); return &b }
+	return p
+}
+
+func (p *bufPool) get() *[]byte {
+	p.out.Add(1)
+	return p.pool.Get().(*[]byte)
+}
+
+func (p *bufPool) put(b *[]byte) {
+	p.out.Add(-1)
+	p.pool.Put(b)
+}
 
 // halfCloseLinger is how long the backend may go on sending after the client has closed its
 // sending half. IMAP has no use for a long half-open connection: a client that sent its last
@@ -288,8 +312,9 @@ func (a accounting) moved() {
 }
 
 // write shows b to the tap and writes it to dst: through crypto/tls, or straight to the
-// socket.
-func (a accounting) write(dst *endpoint, b []byte) error {
+// socket. A write gathered for a TLS side calls release (if not nil) as soon as b is no
+// longer needed, which can be before the write returns.
+func (a accounting) write(dst *endpoint, b []byte, release func()) error {
 	if a.wmu != nil {
 		a.wmu.Lock()
 		defer a.wmu.Unlock()
@@ -298,7 +323,7 @@ func (a accounting) write(dst *endpoint, b []byte) error {
 		a.tap(b)
 	}
 	if dst.gathers() && len(b) > copyBufSize {
-		return dst.nb.gather(dst.conn, b)
+		return dst.nb.gather(dst.conn, b, release)
 	}
 	if dst.tls || dst.rc == nil {
 		_, err := dst.conn.Write(b)
@@ -332,12 +357,19 @@ func (a accounting) add(n int) {
 // Under crypto/tls, nbConn reads the socket inside the same callback.
 func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bulk bool, err error) {
 	var bp *[]byte
-	pool := &copyBufPool // where bp comes from: bulkBufPool during a burst to a TLS side
+	pool := copyBufPool // where bp comes from: bulkBufPool during a burst to a TLS side
 	defer func() {
 		if bp != nil {
-			pool.Put(bp)
+			pool.put(bp)
 		}
 	}()
+	// A gathered write calls release once its records are made, before they leave: a TLS
+	// client that reads slowly then parks the copy holding the records only, not the bulk
+	// buffer too (TestGatherFlushHoldsNoCopyBuffer).
+	release := func() {
+		pool.put(bp)
+		bp = nil
+	}
 	for {
 		var (
 			n int
@@ -349,7 +381,7 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 				defer src.nb.leave()
 			}
 			if bp == nil {
-				bp = pool.Get().(*[]byte)
+				bp = pool.get()
 			}
 			if src.tls {
 				n, e = src.conn.Read(*bp) // crypto/tls over nbConn: decrypts buffered records first
@@ -357,8 +389,8 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 				n, e = readNonblock(fd, *bp)
 			}
 			if n == 0 && e == errWouldBlock {
-				pool.Put(bp)
-				bp, pool = nil, &copyBufPool
+				pool.put(bp)
+				bp, pool = nil, copyBufPool
 				return false // park until readable
 			}
 			return true
@@ -366,9 +398,11 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 		if rerr != nil {
 			return false, rerr
 		}
+		full := false
 		if n > 0 {
 			acc.moved()
-			if err := acc.write(dst, (*bp)[:n]); err != nil {
+			full = n == len(*bp)
+			if err := acc.write(dst, (*bp)[:n], release); err != nil {
 				return false, err
 			}
 			*total += int64(n)
@@ -379,13 +413,14 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, nil
 		case e != nil && e != errWouldBlock:
 			return false, e
-		case e == nil && canSplice && n == len(*bp):
+		case e == nil && canSplice && full:
 			return true, nil
-		case e == nil && dst.gathers() && !src.tls && pool == &copyBufPool && n == len(*bp):
+		case e == nil && dst.gathers() && !src.tls && pool == copyBufPool && full:
 			// A burst towards a TLS side: go on with a bulk buffer. (From a TLS side a read
-			// returns one record at most: a bigger buffer would not fill.)
-			copyBufPool.Put(bp)
-			bp, pool = nil, &bulkBufPool
+			// returns one record at most: a bigger buffer would not fill.) A small buffer
+			// is never gathered, so never released: bp is still here.
+			copyBufPool.put(bp)
+			bp, pool = nil, bulkBufPool
 		}
 	}
 }
@@ -421,8 +456,8 @@ func spliceBurst(dst, src *endpoint, acc accounting, total *int64) (eof bool, er
 
 // copyBlocking is the fallback for connections that are not sockets.
 func copyBlocking(dst, src net.Conn, acc accounting) (int64, error) {
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
+	bp := copyBufPool.get()
+	defer copyBufPool.put(bp)
 	// Hide ReaderFrom/WriterTo so the buffer is really used.
 	return io.CopyBuffer(accountingWriter{&endpoint{conn: dst}, acc}, struct{ io.Reader }{src}, *bp)
 }
@@ -434,7 +469,7 @@ type accountingWriter struct {
 
 func (a accountingWriter) Write(b []byte) (int, error) {
 	a.acc.moved()
-	if err := a.acc.write(a.w, b); err != nil {
+	if err := a.acc.write(a.w, b, nil); err != nil {
 		return 0, err
 	}
 	a.acc.add(len(b))
