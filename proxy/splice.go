@@ -19,8 +19,9 @@ import (
 // 16 KiB buffer (one TLS record); bulk bursts between plain sockets go through splice(2)
 // (zero-copy, see DESIGN.md) with a pooled pipe, and bulk bursts to a TLS side through a
 // pooled 64 KiB buffer whose records leave in one write(2) (nbConn.gather); the buffer goes
-// back before that write, which may wait for a slow client. An idle direction holds none of
-// them: it is parked in the runtime's poller (rawio.go).
+// back before that write, which may wait for a slow client. Bulk bursts from a TLS side to a
+// plain one fill that buffer with up to four decrypted records per write. An idle direction
+// holds none of them: it is parked in the runtime's poller (rawio.go).
 
 // copyBufSize is one maximal TLS record (RFC 8446 section 5.1).
 const copyBufSize = 16 << 10
@@ -385,6 +386,16 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			}
 			if src.tls {
 				n, e = src.conn.Read(*bp) // crypto/tls over nbConn: decrypts buffered records first
+				// crypto/tls returns one record per Read: in a burst (the bulk buffer) read on
+				// while records are there, so that one write carries up to four.
+				for pool == bulkBufPool && e == nil && n > 0 && n < len(*bp) {
+					m, e2 := src.conn.Read((*bp)[n:])
+					n += m
+					if e2 == errWouldBlock || m == 0 {
+						break
+					}
+					e = e2 // EOF or an error after data: the data goes first
+				}
 			} else {
 				n, e = readNonblock(fd, *bp)
 			}
@@ -415,10 +426,10 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, e
 		case e == nil && canSplice && full:
 			return true, nil
-		case e == nil && dst.gathers() && !src.tls && pool == copyBufPool && full:
-			// A burst towards a TLS side: go on with a bulk buffer. (From a TLS side a read
-			// returns one record at most: a bigger buffer would not fill.) A small buffer
-			// is never gathered, so never released: bp is still here.
+		case e == nil && pool == copyBufPool && full && (dst.gathers() && !src.tls || src.tls && !dst.tls):
+			// A burst towards a TLS side, or from one to a plain side: go on with a bulk
+			// buffer. (Between two TLS sides the records go one by one.) A small buffer is
+			// never gathered, so never released: bp is still here.
 			copyBufPool.put(bp)
 			bp, pool = nil, bulkBufPool
 		}
