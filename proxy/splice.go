@@ -26,7 +26,7 @@ import (
 // copyBufSize is one maximal TLS record (RFC 8446 section 5.1).
 const copyBufSize = 16 << 10
 
-var copyBufPool = newBufPool(copyBufSize)
+var copyBufPool = newBufPool(copyBufSize, false)
 
 // bulkBufSize is the buffer a copy to a TLS side takes once a read has filled a copyBufSize
 // one (bulk data is flowing, and splice(2) cannot encrypt): fewer, larger reads, and with
@@ -36,28 +36,35 @@ var copyBufPool = newBufPool(copyBufSize)
 // memory per downloading session.
 const bulkBufSize = 64 << 10
 
-var bulkBufPool = newBufPool(bulkBufSize)
+var bulkBufPool = newBufPool(bulkBufSize, true)
 
-// bufPool is a pool of copy buffers of one size that counts the buffers taken and not yet
-// given back: what the sessions' copies hold at this moment.
+// bufPool is a pool of copy buffers of one size. A counted pool keeps the number of buffers
+// taken and not yet given back: the bulk one, whose buffers a download parked on a slow
+// client must not hold (TestGatherFlushHoldsNoCopyBuffer). The small one is taken for every
+// message and not counted: no shared counter on that path.
 type bufPool struct {
-	pool sync.Pool
-	out  atomic.Int64
+	pool    sync.Pool
+	counted bool
+	out     atomic.Int64
 }
 
-func newBufPool(size int) *bufPool {
-	p := &bufPool{}
+func newBufPool(size int, counted bool) *bufPool {
+	p := &bufPool{counted: counted}
 	p.pool.New = func() any { b := make([]byte, size); return &b }
 	return p
 }
 
 func (p *bufPool) get() *[]byte {
-	p.out.Add(1)
+	if p.counted {
+		p.out.Add(1)
+	}
 	return p.pool.Get().(*[]byte)
 }
 
 func (p *bufPool) put(b *[]byte) {
-	p.out.Add(-1)
+	if p.counted {
+		p.out.Add(-1)
+	}
 	p.pool.Put(b)
 }
 
@@ -371,6 +378,9 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 		pool.put(bp)
 		bp = nil
 	}
+	// A burst towards a TLS side, or from one to a plain side, goes on with a bulk buffer.
+	// (Between two TLS sides the records go one by one.)
+	bulkBurst := dst.gathers() && !src.tls || src.tls && !dst.tls
 	for {
 		var (
 			n int
@@ -426,10 +436,8 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, e
 		case e == nil && canSplice && full:
 			return true, nil
-		case e == nil && pool == copyBufPool && full && (dst.gathers() && !src.tls || src.tls && !dst.tls):
-			// A burst towards a TLS side, or from one to a plain side: go on with a bulk
-			// buffer. (Between two TLS sides the records go one by one.) A small buffer is
-			// never gathered, so never released: bp is still here.
+		case e == nil && bulkBurst && pool == copyBufPool && full:
+			// A small buffer is never gathered, so never released: bp is still here.
 			copyBufPool.put(bp)
 			bp, pool = nil, bulkBufPool
 		}

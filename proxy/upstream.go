@@ -325,14 +325,15 @@ func (u *upstream) login(cr credentials) (*loginResult, error) {
 	}
 	var untaggedCaps capSet
 	r, err := u.readUntilTagged(tag, func(r *response) {
-		if c, ok := capsFrom(r); ok {
-			untaggedCaps = c // tolerated: Gmail and SmarterMail send it this way
+		if !r.isCapability() {
+			res.untagged = append(res.untagged, r.raw)
 			return
 		}
-		if r.isCapability() {
-			return // an empty list: dropped, the client gets the capabilities in the tagged OK
+		// Tolerated (Gmail and SmarterMail send it this way), never passed on: the client
+		// gets the capabilities in the tagged OK. An empty list is dropped.
+		if c, ok := capsFrom(r); ok {
+			untaggedCaps = c
 		}
-		res.untagged = append(res.untagged, r.raw)
 	})
 	if err != nil {
 		return nil, err
