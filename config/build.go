@@ -134,15 +134,34 @@ func (c *Config) ProxyOptions(router proxy.Router, log *zap.Logger) proxy.Option
 
 // Logger returns a logger writing to standard error in the configured format (JSON by
 // default) at the configured level (info by default). It does not sample: every session's
-// lines are kept.
+// lines are kept. Lines are written in batches (log.flush_interval): call the logger's Sync
+// before the process exits, so the last batch is written.
 func (c *Config) Logger() (*zap.Logger, error) {
-	return c.logger(zapcore.Lock(os.Stderr))
+	return c.LoggerTo(os.Stderr)
 }
 
 // LoggerTo is Logger writing to w instead of standard error; writes are serialised, so w
 // need not be safe for concurrent use (a bytes.Buffer in a test will do).
 func (c *Config) LoggerTo(w io.Writer) (*zap.Logger, error) {
-	return c.logger(zapcore.Lock(zapcore.AddSync(w)))
+	return c.logger(c.logWriter(w))
+}
+
+// logWriter is w as log.flush_interval says: lines written in batches (batchWriter), or, when
+// the file says "0s", each at once.
+//
+// Why batches: each write(2) of a log line was a syscall.Syscall, which wakes the Go
+// runtime's sysmon thread when the proxy was idle (see proxy/sock.go); with a login line and
+// a session-end line per session, those were half of the proxy's remaining wake-ups in the
+// logins benchmark.
+func (c *Config) logWriter(w io.Writer) zapcore.WriteSyncer {
+	every := time.Duration(c.Log.FlushInterval)
+	if every == 0 {
+		if c.present("log.flush_interval") {
+			return zapcore.Lock(zapcore.AddSync(w))
+		}
+		every = DefaultLogFlushInterval
+	}
+	return newBatchWriter(w, every)
 }
 
 func (c *Config) logger(w zapcore.WriteSyncer) (*zap.Logger, error) {

@@ -232,12 +232,48 @@ func TestLogger(t *testing.T) {
 		}
 		log.Debug("hidden")
 		log.Info("shown", zap.String("user", "alice"))
+		if err := log.Sync(); err != nil {
+			t.Fatal(err)
+		}
 		var line map[string]any
 		if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
 			t.Fatalf("not one JSON line: %q", buf.String())
 		}
 		if line["msg"] != "shown" || line["user"] != "alice" || line["level"] != "info" {
 			t.Errorf("line = %v", line)
+		}
+	})
+	t.Run("lines wait for the flush", func(t *testing.T) {
+		var buf bytes.Buffer
+		log, err := (&Config{Log: LogConfig{FlushInterval: Duration(time.Hour)}}).LoggerTo(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("first")
+		log.Info("second")
+		if buf.String() != "" {
+			t.Errorf("written before the flush: %q", buf.String())
+		}
+		if err := log.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if s := buf.String(); strings.Count(s, "\n") != 2 || !strings.Contains(s, `"msg":"second"`) {
+			t.Errorf("after Sync: %q", s)
+		}
+	})
+	t.Run("0s in the file writes each line at once", func(t *testing.T) {
+		cfg, err := Parse("t.yaml", []byte(minimal+"log:\n  flush_interval: 0s\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		log, err := cfg.LoggerTo(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("now")
+		if !strings.Contains(buf.String(), `"msg":"now"`) {
+			t.Errorf("not written at once: %q", buf.String())
 		}
 	})
 	t.Run("console at debug", func(t *testing.T) {

@@ -116,7 +116,17 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 	// Level is "debug", "info" (the default), "warn" or "error".
 	Level string `yaml:"level"`
+	// FlushInterval is how long a log line may wait in the buffer before it is written: lines
+	// are written in batches, at the latest this long after the first of a batch (or when 64
+	// KiB wait). Unset (and zero in a Config built by hand): DefaultLogFlushInterval. An
+	// explicit "0s" in the file writes each line as it comes.
+	FlushInterval Duration `yaml:"flush_interval"`
 }
+
+// DefaultLogFlushInterval is log.flush_interval's default. Short enough that a person
+// watching the log sees no delay; long enough that a busy proxy writes a batch of lines per
+// system call, not one per line.
+const DefaultLogFlushInterval = 100 * time.Millisecond
 
 // RoutingConfig is the "routing" section.
 type RoutingConfig struct {

@@ -5,6 +5,8 @@
 // The path of one session, file by file:
 //
 //	server.go   accept: Server.Serve takes connections from a listener; the session registry
+//	sock.go     the sockets: Listen's listener and the backend dial make them with raw
+//	            system calls (no wake-ups of the runtime's sysmon); closes are batched
 //	session.go  one session's life (run), implicit TLS, login orchestration, handoff
 //	preauth.go  pre-auth: the not-authenticated state of RFC 9051 section 3.1 — CAPABILITY,
 //	            NOOP, LOGOUT, ID (RFC 2971), STARTTLS, LOGIN, AUTHENTICATE PLAIN (RFC 4616,

@@ -93,7 +93,7 @@ func startProxy(t testing.TB, router Router, lo ListenerOptions, opts ...func(*O
 		}
 		tp.tls = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := Listen(context.Background(), "127.0.0.1:0") // as imapgate serve listens
 	if err != nil {
 		t.Fatal(err)
 	}

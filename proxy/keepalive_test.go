@@ -10,24 +10,35 @@ import (
 
 // TestAcceptedConnInheritsKeepAlive pins what ListenConfig relies on: a connection accepted
 // on its listener has SO_KEEPALIVE on and TCP_KEEPIDLE at keepAliveIdle without a
-// setsockopt of its own, and TCP_NODELAY as Go sets it.
+// setsockopt of its own, and TCP_NODELAY (set per connection: Linux does not copy it). Both
+// ways of accepting are pinned: Go's (ListenConfig's listener) and acceptRaw's (Listen's).
 func TestAcceptedConnInheritsKeepAlive(t *testing.T) {
-	ln, err := ListenConfig().Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for name, listen := range map[string]func() (net.Listener, error){
+		"net": func() (net.Listener, error) {
+			return ListenConfig().Listen(context.Background(), "tcp", "127.0.0.1:0")
+		},
+		"raw": func() (net.Listener, error) { return Listen(context.Background(), "127.0.0.1:0") },
+	} {
+		t.Run(name, func(t *testing.T) {
+			ln, err := listen()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, a := connPair(t, ln, netDial)
+			checkSockopts(t, a)
+		})
 	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	a, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	raw, err := a.(*net.TCPConn).SyscallConn()
+}
+
+// TestDialedConnKeepAlive: dialRaw sets what net.Dialer with keepAlive sets.
+func TestDialedConnKeepAlive(t *testing.T) {
+	c, _ := connPair(t, tcpListener(t), rawDial)
+	checkSockopts(t, c)
+}
+
+func checkSockopts(t *testing.T, c net.Conn) {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +57,7 @@ func TestAcceptedConnInheritsKeepAlive(t *testing.T) {
 			t.Fatalf("%s: %v", name, gerr)
 		}
 		if got != w.val {
-			t.Errorf("accepted connection: %s = %d, want %d", name, got, w.val)
+			t.Errorf("%s = %d, want %d", name, got, w.val)
 		}
 	}
 }

@@ -337,11 +337,13 @@ func spliceOut(dst syscall.RawConn, p *pipe, n int) error {
 
 // sockConn is a TCP connection whose Read and Write make their system calls through
 // RawSyscall and wait in the runtime's poller, as the splice does; everything else (deadlines,
-// which apply to these waits too, Close, CloseWrite, addresses) is the *net.TCPConn's. The
-// pre-auth conversation and the upstream login use it: with net.Conn's own Read and Write
-// every call entered the scheduler's system call path, and on this kind of machine the
-// runtime's sysmon then spent a seventh of the proxy's CPU in the logins benchmark, waking
-// every 20 µs to retake Ps from system calls that were never going to block.
+// which apply to these waits too, Close, CloseWrite, addresses) is the *net.TCPConn's. It
+// wraps the connections the net package made: those of a listener that is not Listen's, and
+// backends dialed by host name (fdConn, sock.go, is the same for the sockets made there).
+// With net.Conn's own Read and Write every call entered the scheduler's system call path,
+// and on this kind of machine the runtime's sysmon then spent a seventh of the proxy's CPU
+// in the logins benchmark, waking every 20 µs to retake Ps from system calls that were
+// never going to block.
 type sockConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
@@ -361,17 +363,7 @@ func newSockConn(c net.Conn) net.Conn {
 }
 
 func (c *sockConn) Read(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	var (
-		n    int
-		rerr error
-	)
-	err := c.rc.Read(func(fd uintptr) bool {
-		n, rerr = readNonblock(fd, b)
-		return rerr != errWouldBlock
-	})
+	n, rerr, err := rawConnRead(c.rc, b)
 	switch {
 	case err != nil:
 		return 0, err
@@ -386,4 +378,18 @@ func (c *sockConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// rawConnRead reads into b from the socket behind rc: read(2) with RawSyscall, waiting in
+// the poller while the socket is empty. rerr is the read's outcome (io.EOF at the peer's
+// FIN), err the wait's (a deadline, a close).
+func rawConnRead(rc syscall.RawConn, b []byte) (n int, rerr, err error) {
+	if len(b) == 0 {
+		return 0, nil, nil
+	}
+	err = rc.Read(func(fd uintptr) bool {
+		n, rerr = readNonblock(fd, b)
+		return rerr != errWouldBlock
+	})
+	return n, rerr, err
 }

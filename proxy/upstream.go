@@ -79,12 +79,16 @@ func (u *upstream) nextTag() string {
 // dialUpstream connects to be, does TLS as configured, reads the greeting and learns the
 // capabilities. Errors are *backendUnavailableError or *backendProtocolError.
 func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duration) (*upstream, error) {
-	d := net.Dialer{Timeout: timeout, KeepAliveConfig: keepAlive}
-	raw, err := d.DialContext(ctx, "tcp", be.Address)
+	raw, ok, err := dialRaw(ctx, be.Address, timeout)
+	if !ok { // a host name: the net package resolves it
+		d := net.Dialer{Timeout: timeout, KeepAliveConfig: keepAlive}
+		if raw, err = d.DialContext(ctx, "tcp", be.Address); err == nil {
+			raw = newSockConn(raw)
+		}
+	}
 	if err != nil {
 		return nil, &backendUnavailableError{addr: be.Address, err: err}
 	}
-	raw = newSockConn(raw)
 	u := &upstream{backend: be, raw: raw, conn: raw}
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {

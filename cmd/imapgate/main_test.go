@@ -300,12 +300,6 @@ func TestDemo(t *testing.T) {
 			t.Errorf("check: exit %d: %s", code, errOut)
 		}
 	})
-	for _, want := range []string{"listening", `"shard": "a"`, `"shard": "b"`} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("logs lack %q:\n%s", want, stderr.String())
-		}
-	}
-
 	cancel()
 	select {
 	case err := <-done:
@@ -314,6 +308,12 @@ func TestDemo(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("demo did not stop")
+	}
+	// Log lines are written in batches; the last batch at exit.
+	for _, want := range []string{"listening", `"shard": "a"`, `"shard": "b"`} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, stderr.String())
+		}
 	}
 	if _, err := os.Stat(d.dir); !os.IsNotExist(err) {
 		t.Errorf("temporary directory %s left behind: %v", d.dir, err)

@@ -149,7 +149,7 @@ func serve(ctx context.Context, g *gateway, log *zap.Logger, ready func([]net.Ad
 		}
 	}
 	for _, l := range g.listeners {
-		ln, err := proxy.ListenConfig().Listen(ctx, "tcp", l.Address)
+		ln, err := proxy.Listen(ctx, l.Address)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("listener %s: %w", l.Options.Name, err)

@@ -548,7 +548,7 @@ func describePeers(targets []string, o *Options) []string {
 			if len(o.Imapgate.Env) > 0 {
 				rt = "environment " + strings.Join(o.Imapgate.Env, " ")
 			}
-			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, %s, JSON logs at info%s",
+			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, %s, JSON logs at info (written every 100 ms)%s",
 				runtime.Version(), rt, fwd))
 		case DovecotProxy:
 			out = append(out, "dovecot-proxy: Dovecot "+commandVersion("dovecot", "--version")+

@@ -1,0 +1,474 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// This file makes the proxy's own TCP connections (accepted clients, dialed backends) with
+// raw system calls, and puts each socket in the runtime's poller through an *os.File, which
+// gives the waits, the deadlines and the close.
+//
+// Why not net.TCPListener.Accept and net.Dialer: every system call they make goes through
+// syscall.Syscall, which tells the scheduler a goroutine enters a system call. When every P
+// was idle, that wakes the runtime's sysmon thread from its deep sleep (runtime/proc.go,
+// entersyscallWakeSysmon), and sysmon then polls in 20 µs steps until it finds every P idle
+// again. Under a login load the proxy goes idle between nearly every step of a session, so
+// whichever syscall.Syscall came first after a pause woke sysmon: perf put sysmon at 17 %
+// of the proxy's CPU in the logins benchmark, woken by close(2), the log's write(2),
+// connect(2) with its setsockopt(2) calls, and accept4(2). Moving only some of them moved
+// the wake-ups to the others (the same count), so all of them go: the calls here are made
+// with syscall.RawSyscall (none of them blocks: the sockets are non-blocking, and accept and
+// connect wait in the poller), os.NewFile makes none for a non-blocking descriptor (its
+// fcntl and epoll_ctl are the runtime's own), closes are batched (batchCloser), and log
+// lines are written in batches (config's log.flush_interval). sockConn (rawio.go) did the
+// same for reads and writes earlier.
+//
+// What stays with the net package: making the listening socket (once), dialing a backend
+// given by host name (resolution), and connections of listeners that are not Listen's
+// (tests, wrappers): those run as before, through sockConn.
+
+// fdConn is a TCP connection on a socket made here. Read and Write are those of sockConn
+// (RawSyscall inside the poller's wait); deadlines, Close and the waits are the *os.File's.
+// Errors are shaped as the net package's (*net.OpError, net.ErrClosed after Close), which is
+// what the rest of the proxy and crypto/tls expect of a net.Conn.
+type fdConn struct {
+	f      *os.File
+	rc     syscall.RawConn
+	raddr  net.Addr
+	laddr  atomic.Pointer[net.TCPAddr] // learnt on first use (getsockname)
+	closed atomic.Bool
+}
+
+// newFdConn takes ownership of fd, a connected non-blocking TCP socket.
+func newFdConn(fd int, raddr net.Addr) (*fdConn, error) {
+	f := os.NewFile(uintptr(fd), "tcp")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &fdConn{f: f, rc: rc, raddr: raddr}, nil
+}
+
+func (c *fdConn) opErr(op string, err error) error {
+	if c.closed.Load() {
+		err = net.ErrClosed
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.raddr, Err: err}
+}
+
+func (c *fdConn) Read(b []byte) (int, error) {
+	n, rerr, err := rawConnRead(c.rc, b)
+	if err == nil {
+		err = rerr
+	}
+	if err != nil && err != io.EOF {
+		return 0, c.opErr("read", err)
+	}
+	return n, err
+}
+
+func (c *fdConn) Write(b []byte) (int, error) {
+	if err := writeAll(c.rc, b); err != nil {
+		return 0, c.opErr("write", err)
+	}
+	return len(b), nil
+}
+
+// Close ends the connection at once and releases the descriptor soon after. A Read or
+// Write waiting in the poller returns net.ErrClosed.
+//
+// Why not at once: close(2) is made by the *os.File through syscall.Syscall (there is no
+// other way to take a descriptor out of the runtime's poller), and every session closes two
+// sockets after its last bytes, so those closes woke sysmon (see the top of this file). Here
+// the connection ends with shutdown(2) (the peer gets its FIN now, or an RST when close(2)
+// later finds unread bytes, as an immediate close would have sent), the waits end through a
+// deadline in the past, and the descriptor goes to closer, which closes a batch at a time.
+func (c *fdConn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return c.opErr("close", net.ErrClosed)
+	}
+	_ = c.f.SetDeadline(time.Unix(1, 0))
+	_ = c.control("shutdown", func(fd uintptr) syscall.Errno {
+		_, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_RDWR, 0)
+		return e
+	})
+	closer.add(c.f)
+	return nil
+}
+
+// closer closes descriptors in batches, at most one batch per closeBatchEvery. A burst of
+// session ends pays one sysmon wake-up instead of two per session.
+var closer = &batchCloser{}
+
+// closeBatchEvery bounds how long a closed connection keeps its descriptor.
+const closeBatchEvery = 10 * time.Millisecond
+
+// testHookClosed, if set (by tests), is called with the size of each batch closed.
+var testHookClosed atomic.Pointer[func(int)]
+
+type batchCloser struct {
+	mu      sync.Mutex
+	pending []*os.File
+	running bool
+}
+
+func (b *batchCloser) add(f *os.File) {
+	b.mu.Lock()
+	b.pending = append(b.pending, f)
+	start := !b.running
+	b.running = true
+	b.mu.Unlock()
+	if start {
+		go b.run()
+	}
+}
+
+// run closes the pending descriptors, then waits closeBatchEvery for more, and ends when a
+// wait brought none.
+func (b *batchCloser) run() {
+	var batch []*os.File
+	for {
+		b.mu.Lock()
+		batch, b.pending = b.pending, batch[:0]
+		if len(batch) == 0 {
+			b.running = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		for i, f := range batch {
+			f.Close()
+			batch[i] = nil
+		}
+		if h := testHookClosed.Load(); h != nil {
+			(*h)(len(batch))
+		}
+		time.Sleep(closeBatchEvery)
+	}
+}
+
+// CloseWrite sends a FIN (shutdown(2) SHUT_WR).
+func (c *fdConn) CloseWrite() error {
+	return c.control("shutdown", func(fd uintptr) syscall.Errno {
+		_, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_WR, 0)
+		return e
+	})
+}
+
+// control runs a non-blocking system call on the descriptor.
+func (c *fdConn) control(op string, call func(fd uintptr) syscall.Errno) error {
+	var e syscall.Errno
+	if err := c.rc.Control(func(fd uintptr) { e = call(fd) }); err != nil {
+		return c.opErr(op, err)
+	}
+	if e != 0 {
+		return c.opErr(op, os.NewSyscallError(op, e))
+	}
+	return nil
+}
+
+func (c *fdConn) RemoteAddr() net.Addr { return c.raddr }
+
+// LocalAddr is learnt with getsockname(2) on first use, and remembered.
+func (c *fdConn) LocalAddr() net.Addr {
+	if a := c.laddr.Load(); a != nil {
+		return a
+	}
+	var a *net.TCPAddr
+	_ = c.rc.Control(func(fd uintptr) {
+		var sa syscall.RawSockaddrAny
+		l := uint32(syscall.SizeofSockaddrAny)
+		_, _, e := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)))
+		if e == 0 {
+			a = tcpAddrOf(&sa)
+		}
+	})
+	if a == nil {
+		return &net.TCPAddr{} // closed: as net's LocalAddr, no address worth showing
+	}
+	c.laddr.Store(a)
+	return a
+}
+
+func (c *fdConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
+func (c *fdConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
+func (c *fdConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+
+// SyscallConn is the socket's, for the splice.
+func (c *fdConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
+// tcpAddrOf reads an AF_INET or AF_INET6 socket address.
+func tcpAddrOf(sa *syscall.RawSockaddrAny) *net.TCPAddr {
+	switch sa.Addr.Family {
+	case syscall.AF_INET:
+		p := (*syscall.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(p.Addr), ntohs(p.Port)))
+	case syscall.AF_INET6:
+		p := (*syscall.RawSockaddrInet6)(unsafe.Pointer(sa))
+		a := netip.AddrFrom16(p.Addr)
+		if p.Scope_id != 0 {
+			a = a.WithZone(zoneName(p.Scope_id))
+		}
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, ntohs(p.Port)))
+	}
+	return &net.TCPAddr{}
+}
+
+// zoneName is the interface name of a scope id, or the number when there is none.
+func zoneName(id uint32) string {
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		return ifi.Name
+	}
+	return strconv.FormatUint(uint64(id), 10)
+}
+
+// ntohs reads a port stored in network byte order.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// htons stores a port in network byte order.
+func htons(p uint16) uint16 {
+	var v uint16
+	b := (*[2]byte)(unsafe.Pointer(&v))
+	b[0], b[1] = byte(p>>8), byte(p)
+	return v
+}
+
+// Listen listens on addr (host:port, TCP) with ListenConfig's options and returns a
+// listener whose Accept makes no syscall.Syscall (see the top of this file). Serve takes
+// any net.Listener; this is the one imapgate serve uses.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	ln, err := ListenConfig().Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return takeListener(ln.(*net.TCPListener)), nil
+}
+
+// rawListener is a listening TCP socket taken over from a *net.TCPListener: the net package
+// makes the socket (addresses, dual stack, SO_REUSEADDR, backlog), then its descriptor
+// moves to an *os.File, because a listener's RawConn cannot wait for readability (its Read
+// is EINVAL) and an *os.File's can.
+type rawListener struct {
+	f      *os.File
+	rc     syscall.RawConn
+	addr   net.Addr
+	closed atomic.Bool
+}
+
+// takeListener moves tl's socket to a rawListener and closes tl; if it cannot, it returns tl.
+func takeListener(tl *net.TCPListener) net.Listener {
+	f, err := tl.File() // a duplicate, non-blocking, in the poller
+	if err != nil {
+		return tl
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return tl
+	}
+	l := &rawListener{f: f, rc: rc, addr: tl.Addr()}
+	tl.Close() // the duplicate keeps the socket
+	return l
+}
+
+func (l *rawListener) Addr() net.Addr { return l.addr }
+
+// Close closes the socket; a waiting Accept returns net.ErrClosed.
+func (l *rawListener) Close() error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+	return l.f.Close()
+}
+
+// Accept takes one connection (accept4(2), non-blocking and close-on-exec), waiting in the
+// poller while none is pending. A connection reset before it was taken (ECONNABORTED) is
+// skipped, as the net package does. Errors are *net.OpError.
+func (l *rawListener) Accept() (net.Conn, error) {
+	var (
+		nfd  int
+		sa   syscall.RawSockaddrAny
+		aerr error
+	)
+	err := l.rc.Read(func(fd uintptr) bool {
+		for {
+			n := uint32(syscall.SizeofSockaddrAny)
+			r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&sa)),
+				uintptr(unsafe.Pointer(&n)), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+			switch e {
+			case 0:
+				nfd = int(r)
+				return true
+			case syscall.EAGAIN:
+				return false
+			case syscall.EINTR, syscall.ECONNABORTED:
+				continue
+			default:
+				aerr = os.NewSyscallError("accept4", e)
+				return true
+			}
+		}
+	})
+	if l.closed.Load() {
+		err = net.ErrClosed
+	} else if err == nil {
+		err = aerr
+	}
+	if err != nil {
+		if nfd > 0 {
+			syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(nfd), 0, 0)
+		}
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	}
+	// As net does; Linux does not copy TCP_NODELAY from the listener (SO_KEEPALIVE and
+	// TCP_KEEPIDLE it does: see ListenConfig).
+	_ = setsockoptInt(uintptr(nfd), syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	c, err := newFdConn(nfd, tcpAddrOf(&sa))
+	if err != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	}
+	return c, nil
+}
+
+// dialRaw connects to addr, an IP address and port, with the options the proxy sets on
+// backend connections (TCP_NODELAY, keepAliveIdle), waiting in the poller for the handshake
+// until ctx ends or timeout passes. ok is false when addr is not an IP address and port (a
+// host name): the caller dials with the net package.
+func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Conn, ok bool, err error) {
+	ap, perr := netip.ParseAddrPort(addr)
+	if perr != nil {
+		return nil, false, nil
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	fail := func(err error) (net.Conn, bool, error) {
+		return nil, true, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	var (
+		sa    syscall.RawSockaddrAny
+		salen uintptr
+		af    = uintptr(syscall.AF_INET)
+	)
+	if ap.Addr().Is4() {
+		p := (*syscall.RawSockaddrInet4)(unsafe.Pointer(&sa))
+		p.Family, p.Port, p.Addr = syscall.AF_INET, htons(ap.Port()), ap.Addr().As4()
+		salen = syscall.SizeofSockaddrInet4
+	} else {
+		af = syscall.AF_INET6
+		p := (*syscall.RawSockaddrInet6)(unsafe.Pointer(&sa))
+		p.Family, p.Port, p.Addr = syscall.AF_INET6, htons(ap.Port()), ap.Addr().As16()
+		if z := ap.Addr().Zone(); z != "" {
+			if ifi, err := net.InterfaceByName(z); err == nil {
+				p.Scope_id = uint32(ifi.Index)
+			} else if n, err := strconv.ParseUint(z, 10, 32); err == nil {
+				p.Scope_id = uint32(n)
+			}
+		}
+		salen = syscall.SizeofSockaddrInet6
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, af, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return fail(os.NewSyscallError("socket", e))
+	}
+	fd := int(r)
+	for _, o := range [...]struct{ level, name, value int }{
+		{syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1},
+		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(keepAliveIdle / time.Second)},
+	} {
+		if e := setsockoptInt(uintptr(fd), o.level, o.name, o.value); e != 0 {
+			syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+			return fail(os.NewSyscallError("setsockopt", e))
+		}
+	}
+	// A non-blocking connect(2) returns EINPROGRESS; the handshake's end is the socket
+	// becoming writable, with its outcome in SO_ERROR (connect(2), "EINPROGRESS").
+	for {
+		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), salen)
+		if e != syscall.EINTR {
+			break
+		}
+	}
+	if e != 0 && e != syscall.EINPROGRESS {
+		syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+		return fail(os.NewSyscallError("connect", e))
+	}
+	fc, err := newFdConn(fd, net.TCPAddrFromAddrPort(ap))
+	if err != nil {
+		return fail(err)
+	}
+	if e == syscall.EINPROGRESS {
+		if err := fc.waitConnected(ctx, timeout); err != nil {
+			fc.Close()
+			return fail(err)
+		}
+	}
+	return fc, true, nil
+}
+
+// waitConnected waits for a non-blocking connect to finish.
+func (c *fdConn) waitConnected(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = c.f.SetWriteDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = c.f.SetWriteDeadline(time.Unix(1, 0)) })
+	var cerr error
+	err := c.rc.Write(func(fd uintptr) bool {
+		v, e := getsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		switch {
+		case e != 0:
+			cerr = os.NewSyscallError("getsockopt", e)
+		case v == 0:
+			// No error yet: connected, or still connecting (the first call comes before
+			// any wait, and the poller may wake spuriously, as net's connect notes).
+			var sa syscall.RawSockaddrAny
+			l := uint32(syscall.SizeofSockaddrAny)
+			_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)))
+			return e != syscall.ENOTCONN
+		case syscall.Errno(v) == syscall.EINPROGRESS || syscall.Errno(v) == syscall.EALREADY || syscall.Errno(v) == syscall.EINTR:
+			return false
+		default:
+			cerr = os.NewSyscallError("connect", syscall.Errno(v))
+		}
+		return true
+	})
+	if !stop() {
+		return ctx.Err()
+	}
+	_ = c.f.SetWriteDeadline(time.Time{})
+	if err != nil {
+		return err
+	}
+	return cerr
+}
+
+func setsockoptInt(fd uintptr, level, name, value int) syscall.Errno {
+	v := int32(value)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&v)), 4, 0)
+	return e
+}
+
+func getsockoptInt(fd uintptr, level, name int) (int, syscall.Errno) {
+	var v int32
+	l := uint32(4)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0)
+	return int(v), e
+}

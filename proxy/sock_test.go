@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Listen's listener accepts connections that behave as the net package's: addresses, reads
+// and writes both ways, and Close ending a waiting Accept with net.ErrClosed.
+func TestListenAccept(t *testing.T) {
+	ln, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, a := connPair(t, ln, netDial)
+	if a.RemoteAddr().String() != c.LocalAddr().String() || a.LocalAddr().String() != c.RemoteAddr().String() {
+		t.Errorf("accepted %v <- %v; the client is %v -> %v", a.LocalAddr(), a.RemoteAddr(), c.LocalAddr(), c.RemoteAddr())
+	}
+	roundTrip(t, c, a)
+
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := ln.Accept()
+		accepted <- err
+	}()
+	ln.Close()
+	if err := <-accepted; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		t.Error("the closed listener still takes connections")
+	}
+}
+
+// connPair connects dial's connection to one accepted on ln; both are closed at the end.
+func connPair(t *testing.T, ln net.Listener, dial func(t *testing.T, addr string) net.Conn) (dialed, accepted net.Conn) {
+	t.Helper()
+	t.Cleanup(func() { ln.Close() })
+	dialed = dial(t, ln.Addr().String())
+	t.Cleanup(func() { dialed.Close() })
+	accepted, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close() })
+	return dialed, accepted
+}
+
+func netDial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func rawDial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, ok, err := dialRaw(context.Background(), addr, time.Minute)
+	if !ok || err != nil {
+		t.Fatalf("dialRaw: %v, %v", ok, err)
+	}
+	return c
+}
+
+func tcpListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// roundTrip sends a line each way between two connected ends.
+func roundTrip(t *testing.T, a, b net.Conn) {
+	t.Helper()
+	for _, p := range [][2]net.Conn{{a, b}, {b, a}} {
+		if _, err := p[0].Write([]byte("a1 NOOP\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 9)
+		if _, err := io.ReadFull(p[1], buf); err != nil || string(buf) != "a1 NOOP\r\n" {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+	}
+}
+
+// Close ends the connection at once (a Read waiting in the poller returns net.ErrClosed, the
+// peer reads EOF) and the descriptor is released by the closer.
+func TestFdConnClose(t *testing.T) {
+	c, peer := connPair(t, tcpListener(t), rawDial)
+	roundTrip(t, c, peer)
+
+	closed := make(chan int, 8)
+	hook := func(n int) { closed <- n }
+	testHookClosed.Store(&hook)
+	defer testHookClosed.Store(nil)
+
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 16))
+		read <- err
+	}()
+	// The reader waits in the poller (or has not started yet: then it finds the conn closed).
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-read; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read during Close: %v, want net.ErrClosed", err)
+	}
+	if n, err := peer.Read(make([]byte, 16)); n != 0 || err != io.EOF {
+		t.Errorf("the peer read %d, %v; want EOF", n, err)
+	}
+	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close: %v", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the closer did not close the descriptor")
+	}
+	rc, _ := c.(*fdConn).SyscallConn()
+	if err := rc.Control(func(uintptr) {}); err == nil {
+		t.Error("the descriptor is still open after the closer's batch")
+	}
+}
+
+// dialRaw's errors are the net package's: a refused connection says ECONNREFUSED, a host
+// name is left to net (ok false), and the connect timeout and the context end the wait.
+func TestDialRawErrors(t *testing.T) {
+	ln := tcpListener(t)
+	addr := ln.Addr().String()
+	ln.Close()
+	if _, ok, err := dialRaw(context.Background(), addr, time.Minute); !ok || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("closed port: %v, %v; want ECONNREFUSED", ok, err)
+	}
+	if c, ok, err := dialRaw(context.Background(), "localhost:143", time.Minute); ok || c != nil || err != nil {
+		t.Errorf("host name: %v, %v, %v; want it left to net", c, ok, err)
+	}
+
+	full := fullListener(t)
+	if _, _, err := dialRaw(context.Background(), full, 50*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("SYN dropped, 50 ms timeout: %v, want a timeout", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := dialRaw(ctx, full, time.Minute)
+		done <- err
+	}()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("SYN dropped, context cancelled: %v, want context.Canceled", err)
+	}
+}
+
+// fullListener returns the address of a listening socket whose accept queue is full, so
+// that Linux drops further SYNs and a connect waits: listen(2) with a backlog of 0, and
+// connections made until one times out (the first does on this kernel), never accepted.
+func fullListener(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}).String()
+	for range 8 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("the accept queue never filled")
+	return ""
+}
+
+// IPv6 addresses are dialed and accepted too, where the machine has ::1.
+func TestRawIPv6(t *testing.T) {
+	ln, err := Listen(context.Background(), "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	c, a := connPair(t, ln, rawDial)
+	if a.RemoteAddr().String() != c.LocalAddr().String() || c.RemoteAddr().String() != ln.Addr().String() {
+		t.Errorf("accepted from %v, dialed from %v to %v (listener %v)", a.RemoteAddr(), c.LocalAddr(), c.RemoteAddr(), ln.Addr())
+	}
+	roundTrip(t, c, a)
+}
