@@ -140,8 +140,10 @@ func (c *Config) Logger() (*zap.Logger, error) {
 	return c.LoggerTo(os.Stderr)
 }
 
-// LoggerTo is Logger writing to w instead of standard error; writes are serialised, so w
-// need not be safe for concurrent use (a bytes.Buffer in a test will do).
+// LoggerTo is Logger writing to w instead of standard error. Writes are serialised, so w
+// need not be safe for concurrent use; but a batch reaches w from a timer's goroutine, so a
+// reader of w while the logger lives (a test reading a bytes.Buffer) calls the logger's Sync
+// first, or guards w with a mutex of its own.
 func (c *Config) LoggerTo(w io.Writer) (*zap.Logger, error) {
 	return c.logger(c.logWriter(w))
 }

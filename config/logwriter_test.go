@@ -9,12 +9,17 @@ import (
 // A batch is written as one write: when the interval has passed, when it is full, at Sync.
 func TestBatchWriter(t *testing.T) {
 	t.Run("after the interval", func(t *testing.T) {
-		out := make(chanWriter, 2)
+		out := make(chanWriter, 4)
 		b := newBatchWriter(out, time.Millisecond)
 		b.Write([]byte("one\n"))
 		b.Write([]byte("two\n"))
-		if got := out.next(t); got != "one\ntwo\n" {
-			t.Errorf("first batch %q", got)
+		// One batch, or two if the timer fired between the writes (a loaded machine).
+		got := out.next(t)
+		if got == "one\n" {
+			got += out.next(t)
+		}
+		if got != "one\ntwo\n" {
+			t.Errorf("written %q", got)
 		}
 		b.Write([]byte("three\n")) // a new batch arms the timer again
 		if got := out.next(t); got != "three\n" {

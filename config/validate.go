@@ -151,6 +151,9 @@ func (v *validator) log() {
 	if l.Level != "" && !slices.Contains(logLevels, l.Level) {
 		v.errorf("log.level", "unknown level %q (want %s)", l.Level, orList(logLevels))
 	}
+	if l.FlushInterval < 0 {
+		v.errorf("log.flush_interval", "negative duration %v", l.FlushInterval)
+	}
 }
 
 func (v *validator) admin() {

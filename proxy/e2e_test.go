@@ -226,8 +226,13 @@ func TestEndToEndPipelinedAfterLogin(t *testing.T) {
 	c.expect("a3 OK …")
 	c.expectClosed()
 	e := tp.waitLog(t, "session end")
-	if m := e.ContextMap(); m["bytes_client_to_backend"].(int64) == 0 {
+	m := e.ContextMap()
+	if m["bytes_client_to_backend"].(int64) == 0 {
 		t.Errorf("session end counts no bytes: %v", m)
+	}
+	// The backend closed after its OK, the proxy closed the client: a normal end.
+	if m["closed_by"] != "backend" || m["error"] != nil {
+		t.Errorf("session end: closed_by %v, error %v; want backend, none", m["closed_by"], m["error"])
 	}
 }
 
@@ -240,8 +245,8 @@ func TestEndToEndClientDisconnect(t *testing.T) {
 	c.expect("a1 OK …")
 	c.conn.Close()
 	e := tp.waitLog(t, "session end")
-	if by := e.ContextMap()["closed_by"]; by != "client" {
-		t.Errorf("closed_by = %v, want client", by)
+	if m := e.ContextMap(); m["closed_by"] != "client" || m["error"] != nil {
+		t.Errorf("session end: closed_by %v, error %v; want client, none", m["closed_by"], m["error"])
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 // TestAcceptedConnInheritsKeepAlive pins what ListenConfig relies on: a connection accepted
 // on its listener has SO_KEEPALIVE on and TCP_KEEPIDLE at keepAliveIdle without a
 // setsockopt of its own, and TCP_NODELAY (set per connection: Linux does not copy it). Both
-// ways of accepting are pinned: Go's (ListenConfig's listener) and acceptRaw's (Listen's).
+// ways of accepting are pinned: Go's (ListenConfig's listener) and Listen's.
 func TestAcceptedConnInheritsKeepAlive(t *testing.T) {
 	for name, listen := range map[string]func() (net.Listener, error){
 		"net": func() (net.Listener, error) {

@@ -108,7 +108,10 @@ func (c *fdConn) Close() error {
 }
 
 // closer closes descriptors in batches, at most one batch per closeBatchEvery. A burst of
-// session ends pays one sysmon wake-up instead of two per session.
+// session ends pays one sysmon wake-up instead of two per session. One goroutine closes for
+// the whole process, and an *os.File's Close waits for RawConn callbacks running on it to
+// return: callbacks must never wait on anything (none does; pump's comment says why they
+// must not), or every close in the process would wait with them.
 var closer = &batchCloser{}
 
 // closeBatchEvery bounds how long a closed connection keeps its descriptor.
@@ -201,12 +204,45 @@ func (c *fdConn) LocalAddr() net.Addr {
 	return a
 }
 
-func (c *fdConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
-func (c *fdConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
-func (c *fdConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+func (c *fdConn) SetDeadline(t time.Time) error      { return c.setDeadline(c.f.SetDeadline, t) }
+func (c *fdConn) SetReadDeadline(t time.Time) error  { return c.setDeadline(c.f.SetReadDeadline, t) }
+func (c *fdConn) SetWriteDeadline(t time.Time) error { return c.setDeadline(c.f.SetWriteDeadline, t) }
 
-// SyscallConn is the socket's, for the splice.
-func (c *fdConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+// setDeadline refuses deadlines after Close, as net does: Close's deadline in the past is
+// what wakes the waits, and a later one must not undo it.
+func (c *fdConn) setDeadline(set func(time.Time) error, t time.Time) error {
+	if c.closed.Load() {
+		return c.opErr("set deadline", net.ErrClosed)
+	}
+	err := set(t)
+	if c.closed.Load() { // Close came in between: put its deadline back
+		_ = c.f.SetDeadline(time.Unix(1, 0))
+		return c.opErr("set deadline", net.ErrClosed)
+	}
+	return err
+}
+
+// SyscallConn is the socket's, for the splice, with the net package's errors after Close.
+func (c *fdConn) SyscallConn() (syscall.RawConn, error) { return fdRawConn{c}, nil }
+
+// fdRawConn is an fdConn's RawConn. After Close its waits end with net.ErrClosed, as a
+// net.TCPConn's do, where the *os.File's say os.ErrDeadlineExceeded (Close's deadline) or
+// "use of closed file": the splice takes net.ErrClosed for the end of a session, and a
+// deadline for a sleep request (dormant.go).
+type fdRawConn struct{ c *fdConn }
+
+func (r fdRawConn) Control(f func(fd uintptr)) error   { return r.err("raw-control", r.c.rc.Control(f)) }
+func (r fdRawConn) Read(f func(fd uintptr) bool) error { return r.err("raw-read", r.c.rc.Read(f)) }
+func (r fdRawConn) Write(f func(fd uintptr) bool) error {
+	return r.err("raw-write", r.c.rc.Write(f))
+}
+
+func (r fdRawConn) err(op string, err error) error {
+	if err != nil && r.c.closed.Load() {
+		return r.c.opErr(op, net.ErrClosed)
+	}
+	return err
+}
 
 // tcpAddrOf reads an AF_INET or AF_INET6 socket address.
 func tcpAddrOf(sa *syscall.RawSockaddrAny) *net.TCPAddr {
@@ -225,13 +261,21 @@ func tcpAddrOf(sa *syscall.RawSockaddrAny) *net.TCPAddr {
 	return &net.TCPAddr{}
 }
 
-// zoneName is the interface name of a scope id, or the number when there is none.
+// zoneName is the interface name of a scope id, or the number when there is none. Names
+// are remembered: the lookup is a netlink dump through syscall.Syscall.
 func zoneName(id uint32) string {
-	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
-		return ifi.Name
+	if name, ok := zoneNames.Load(id); ok {
+		return name.(string)
 	}
-	return strconv.FormatUint(uint64(id), 10)
+	name := strconv.FormatUint(uint64(id), 10)
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		name = ifi.Name
+	}
+	zoneNames.Store(id, name)
+	return name
 }
+
+var zoneNames sync.Map // uint32 → string
 
 // ntohs reads a port stored in network byte order.
 func ntohs(p uint16) uint16 {
@@ -300,7 +344,7 @@ func (l *rawListener) Close() error {
 // skipped, as the net package does. Errors are *net.OpError.
 func (l *rawListener) Accept() (net.Conn, error) {
 	var (
-		nfd  int
+		nfd  = -1
 		sa   syscall.RawSockaddrAny
 		aerr error
 	)
@@ -329,7 +373,7 @@ func (l *rawListener) Accept() (net.Conn, error) {
 		err = aerr
 	}
 	if err != nil {
-		if nfd > 0 {
+		if nfd >= 0 {
 			syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(nfd), 0, 0)
 		}
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
@@ -398,12 +442,14 @@ func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Con
 		}
 	}
 	// A non-blocking connect(2) returns EINPROGRESS; the handshake's end is the socket
-	// becoming writable, with its outcome in SO_ERROR (connect(2), "EINPROGRESS").
-	for {
-		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), salen)
-		if e != syscall.EINTR {
-			break
-		}
+	// becoming writable, with its outcome in SO_ERROR (connect(2), "EINPROGRESS"). An
+	// interrupted connect goes on in the background (EINTR), as net's connect takes it.
+	_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), salen)
+	switch e {
+	case syscall.EINTR, syscall.EALREADY:
+		e = syscall.EINPROGRESS
+	case syscall.EISCONN:
+		e = 0
 	}
 	if e != 0 && e != syscall.EINPROGRESS {
 		syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
@@ -442,9 +488,16 @@ func (c *fdConn) waitConnected(ctx context.Context, timeout time.Duration) error
 			var sa syscall.RawSockaddrAny
 			l := uint32(syscall.SizeofSockaddrAny)
 			_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)))
-			return e != syscall.ENOTCONN
+			switch e {
+			case 0:
+			case syscall.ENOTCONN:
+				return false
+			default:
+				cerr = os.NewSyscallError("getpeername", e)
+			}
 		case syscall.Errno(v) == syscall.EINPROGRESS || syscall.Errno(v) == syscall.EALREADY || syscall.Errno(v) == syscall.EINTR:
 			return false
+		case syscall.Errno(v) == syscall.EISCONN:
 		default:
 			cerr = os.NewSyscallError("connect", syscall.Errno(v))
 		}
