@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ type memBackend struct {
 // each with an INBOX holding three sample messages.
 func startMemBackend(t testing.TB, users map[string]string, opts ...func(*memdemo.ShardOptions)) *memBackend {
 	t.Helper()
-	so := memdemo.ShardOptions{Users: users, Messages: 3, Logger: testLogger{t}}
+	so := memdemo.ShardOptions{Users: users, Messages: 3, Logger: newTestLogger(t)}
 	for _, f := range opts {
 		f(&so)
 	}
@@ -42,9 +43,33 @@ func startMemBackend(t testing.TB, users map[string]string, opts ...func(*memdem
 	return &memBackend{addr: sh.Addr, shard: sh}
 }
 
-type testLogger struct{ t testing.TB }
+// testLogger passes a backend's log lines to the test's log while the test runs. The
+// backend's connection goroutines may outlive the test by a little (a proxy's close(2) comes
+// in batches, up to 10 ms later: sock.go); their lines after the end are dropped, as testing
+// forbids Logf then.
+type testLogger struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
 
-func (l testLogger) Printf(format string, args ...any) { l.t.Logf("backend: "+format, args...) }
+func newTestLogger(t testing.TB) *testLogger {
+	l := &testLogger{t: t}
+	t.Cleanup(func() {
+		l.mu.Lock()
+		l.done = true
+		l.mu.Unlock()
+	})
+	return l
+}
+
+func (l *testLogger) Printf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.done {
+		l.t.Logf("backend: "+format, args...)
+	}
+}
 
 // routerFunc adapts a function to Router.
 type routerFunc func(ctx context.Context, req routing.Request) (routing.Decision, error)
