@@ -45,7 +45,7 @@ func startMemBackend(t testing.TB, users map[string]string, opts ...func(*memdem
 
 // testLogger passes a backend's log lines to the test's log while the test runs. The
 // backend's connection goroutines may outlive the test by a little (a proxy's close(2) comes
-// in batches, up to 10 ms later: sock.go); their lines after the end are dropped, as testing
+// in batches, up to 100 ms later: sock.go); their lines after the end are dropped, as testing
 // forbids Logf then.
 type testLogger struct {
 	t    testing.TB

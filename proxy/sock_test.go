@@ -106,8 +106,8 @@ func TestFdConnClose(t *testing.T) {
 		default: // never hold up the process's closer
 		}
 	}
-	testHookClosed.Store(&hook)
-	defer testHookClosed.Store(nil)
+	closer.onBatch.Store(&hook)
+	defer closer.onBatch.Store(nil)
 
 	read := make(chan error, 1)
 	go func() {
@@ -211,4 +211,47 @@ func TestRawIPv6(t *testing.T) {
 		t.Errorf("accepted from %v, dialed from %v to %v (listener %v)", a.RemoteAddr(), c.LocalAddr(), c.RemoteAddr(), ln.Addr())
 	}
 	roundTrip(t, c, a)
+}
+
+// When max descriptors wait, the batch is closed at once, not after the interval (an hour
+// here: without the early close this test would time out).
+func TestCloserFullBatch(t *testing.T) {
+	b := newBatchCloser(time.Hour, 4)
+	batches := make(chan int, 4)
+	hook := func(n int) { batches <- n }
+	b.onBatch.Store(&hook)
+	next := func() int {
+		t.Helper()
+		select {
+		case n := <-batches:
+			return n
+		case <-time.After(10 * time.Second):
+			t.Fatal("no batch closed")
+			return 0
+		}
+	}
+	var files []*os.File
+	for range 3 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, r, w)
+	}
+	b.add(files[0]) // starts the closer: closed at once
+	if n := next(); n != 1 {
+		t.Fatalf("first batch %d", n)
+	}
+	for _, f := range files[1:5] {
+		b.add(f)
+	}
+	if n := next(); n != 4 {
+		t.Fatalf("full batch %d, want 4", n)
+	}
+	for _, f := range files[:5] {
+		if _, err := f.Stat(); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("%v not closed: %v", f.Name(), err)
+		}
+	}
+	files[5].Close()
 }
