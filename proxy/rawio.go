@@ -178,6 +178,18 @@ func (c *nbConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// CloseWrite sends the FIN of the connection it wraps, if that can (closeWrite calls it after
+// crypto/tls's close_notify, which does not reach the TCP layer). Without it a TLS side's
+// half-close stopped at close_notify: nbConn's embedded net.Conn does not carry CloseWrite.
+func (c *nbConn) CloseWrite() error {
+	c.wmu.Lock() // after any write in progress, as the FIN must be
+	defer c.wmu.Unlock()
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // gather writes b through tc (the *tls.Conn over c) with one write(2) for all its records.
 // crypto/tls writes each record of at most 16 KiB on its own, so a bulk chunk of 64 KiB cost
 // four system calls; here it costs one. Another writer on tc meanwhile (the other flow

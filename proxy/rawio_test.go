@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/imapgate/imapgate/routing"
 	"github.com/imapgate/imapgate/tlsconf"
@@ -361,5 +362,21 @@ func TestGatherFlushHoldsNoCopyBuffer(t *testing.T) {
 	t.Logf("%d batch writes, no copy buffer held during any", flushes.Load())
 	if out := bulkBufPool.out.Load(); out != base {
 		t.Fatalf("%d copy buffers not given back", out-base)
+	}
+}
+
+// closeWrite on a TLS side sends close_notify and then the TCP FIN of the socket under it
+// (through nbConn): the peer's TLS reads EOF, and so does its TCP socket under TLS.
+func TestCloseWriteTLSSendsFIN(t *testing.T) {
+	r := newCopyRig(t, false, true)
+	rawReceiver := r.receiver.(*tls.Conn).NetConn()
+	closeWrite(r.dst.conn)
+	if n, err := r.receiver.Read(make([]byte, 16)); n != 0 || err != io.EOF {
+		t.Fatalf("TLS read %d, %v; want close_notify's EOF", n, err)
+	}
+	// A bounded wait: without the FIN this read would wait for the full close.
+	rawReceiver.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := rawReceiver.Read(make([]byte, 16)); n != 0 || err != io.EOF {
+		t.Errorf("TCP read under TLS %d, %v; want the FIN's EOF", n, err)
 	}
 }
