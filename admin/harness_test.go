@@ -29,7 +29,11 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The proxy's closer is one goroutine for the process, alive for up to two batch intervals
+// after the last connection closed (proxy/sock.go).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"))
+}
 
 // testToken is the admin token of the end-to-end environment.
 const testToken = "test-token-0123456789abcdef"

@@ -182,7 +182,9 @@ func (c *nbConn) Write(b []byte) (int, error) {
 // crypto/tls's close_notify, which does not reach the TCP layer). Without it a TLS side's
 // half-close stopped at close_notify: nbConn's embedded net.Conn does not carry CloseWrite.
 func (c *nbConn) CloseWrite() error {
-	c.wmu.Lock() // after any write in progress, as the FIN must be
+	// After any direct write in progress. Not after a gathered batch: the caller is the
+	// flow that writes to this side, its only gatherer, done copying (closeWrite in ended).
+	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

@@ -144,16 +144,29 @@ func newBatchCloser(every time.Duration, max int) *batchCloser {
 func (b *batchCloser) add(f *os.File) {
 	b.mu.Lock()
 	b.pending = append(b.pending, f)
-	start, full := !b.running, len(b.pending) >= b.max
+	start := !b.running
 	b.running = true
-	b.mu.Unlock()
-	if start {
-		go b.run()
-	} else if full {
+	if !start && len(b.pending) >= b.max {
+		// Under mu, as run's drain of full is: a signal stands only for files still pending.
 		select {
 		case b.full <- struct{}{}:
 		default:
 		}
+	}
+	b.mu.Unlock()
+	if start {
+		go b.run()
+	}
+}
+
+// closeNow closes what waits, in the caller's goroutine (tests that count descriptors).
+func (b *batchCloser) closeNow() {
+	b.mu.Lock()
+	batch := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, f := range batch {
+		f.Close()
 	}
 }
 
@@ -166,6 +179,10 @@ func (b *batchCloser) run() {
 	for {
 		b.mu.Lock()
 		batch, b.pending = b.pending, batch[:0]
+		select { // this batch answers any signal
+		case <-b.full:
+		default:
+		}
 		if len(batch) == 0 {
 			b.running = false
 			b.mu.Unlock()

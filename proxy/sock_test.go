@@ -217,6 +217,7 @@ func TestRawIPv6(t *testing.T) {
 // here: without the early close this test would time out).
 func TestCloserFullBatch(t *testing.T) {
 	b := newBatchCloser(time.Hour, 4)
+	t.Cleanup(func() { b.full <- struct{}{} }) // its goroutine finds nothing more and ends
 	batches := make(chan int, 4)
 	hook := func(n int) { batches <- n }
 	b.onBatch.Store(&hook)

@@ -23,7 +23,11 @@ import (
 	"go.uber.org/zap"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The proxy's closer is one goroutine for the process, alive for up to two batch intervals
+// after the last connection closed (proxy/sock.go).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"))
+}
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a running command.
 type syncBuffer struct {
