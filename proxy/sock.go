@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
@@ -99,10 +100,7 @@ func (c *fdConn) Close() error {
 		return c.opErr("close", net.ErrClosed)
 	}
 	_ = c.f.SetDeadline(time.Unix(1, 0))
-	_ = c.control("shutdown", func(fd uintptr) syscall.Errno {
-		_, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_RDWR, 0)
-		return e
-	})
+	_ = c.shutdown(syscall.SHUT_RDWR)
 	closer.add(c.f)
 	return nil
 }
@@ -205,21 +203,18 @@ func (b *batchCloser) run() {
 }
 
 // CloseWrite sends a FIN (shutdown(2) SHUT_WR).
-func (c *fdConn) CloseWrite() error {
-	return c.control("shutdown", func(fd uintptr) syscall.Errno {
-		_, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, syscall.SHUT_WR, 0)
-		return e
-	})
-}
+func (c *fdConn) CloseWrite() error { return c.shutdown(syscall.SHUT_WR) }
 
-// control runs a non-blocking system call on the descriptor.
-func (c *fdConn) control(op string, call func(fd uintptr) syscall.Errno) error {
+// shutdown is shutdown(2) on the socket.
+func (c *fdConn) shutdown(how int) error {
 	var e syscall.Errno
-	if err := c.rc.Control(func(fd uintptr) { e = call(fd) }); err != nil {
-		return c.opErr(op, err)
+	if err := c.rc.Control(func(fd uintptr) {
+		_, _, e = syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, uintptr(how), 0)
+	}); err != nil {
+		return c.opErr("shutdown", err)
 	}
 	if e != 0 {
-		return c.opErr(op, os.NewSyscallError(op, e))
+		return c.opErr("shutdown", os.NewSyscallError("shutdown", e))
 	}
 	return nil
 }
@@ -304,6 +299,25 @@ func tcpAddrOf(sa *syscall.RawSockaddrAny) *net.TCPAddr {
 	return &net.TCPAddr{}
 }
 
+// sockaddrOf writes ap into sa (tcpAddrOf's inverse) and returns its length.
+func sockaddrOf(ap netip.AddrPort, sa *syscall.RawSockaddrAny) uintptr {
+	if ap.Addr().Is4() {
+		p := (*syscall.RawSockaddrInet4)(unsafe.Pointer(sa))
+		p.Family, p.Port, p.Addr = syscall.AF_INET, htons(ap.Port()), ap.Addr().As4()
+		return syscall.SizeofSockaddrInet4
+	}
+	p := (*syscall.RawSockaddrInet6)(unsafe.Pointer(sa))
+	p.Family, p.Port, p.Addr = syscall.AF_INET6, htons(ap.Port()), ap.Addr().As16()
+	if z := ap.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			p.Scope_id = uint32(ifi.Index)
+		} else if n, err := strconv.ParseUint(z, 10, 32); err == nil {
+			p.Scope_id = uint32(n)
+		}
+	}
+	return syscall.SizeofSockaddrInet6
+}
+
 // zoneName is the interface name of a scope id, or the number when there is none. Names
 // are remembered: the lookup is a netlink dump through syscall.Syscall.
 func zoneName(id uint32) string {
@@ -320,19 +334,17 @@ func zoneName(id uint32) string {
 
 var zoneNames sync.Map // uint32 → string
 
-// ntohs reads a port stored in network byte order.
-func ntohs(p uint16) uint16 {
-	b := (*[2]byte)(unsafe.Pointer(&p))
-	return uint16(b[0])<<8 | uint16(b[1])
-}
+// ntohs reads a port stored in network byte order (a sockaddr's sin_port).
+func ntohs(p uint16) uint16 { return binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&p))[:]) }
 
 // htons stores a port in network byte order.
-func htons(p uint16) uint16 {
-	var v uint16
-	b := (*[2]byte)(unsafe.Pointer(&v))
-	b[0], b[1] = byte(p>>8), byte(p)
+func htons(p uint16) (v uint16) {
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&v))[:], p)
 	return v
 }
+
+// closeRaw closes a descriptor not yet in an *os.File.
+func closeRaw(fd int) { syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0) }
 
 // Listen listens on addr (host:port, TCP) with ListenConfig's options and returns a
 // listener whose Accept makes no syscall.Syscall (see the top of this file). Serve takes
@@ -417,7 +429,7 @@ func (l *rawListener) Accept() (net.Conn, error) {
 	}
 	if err != nil {
 		if nfd >= 0 {
-			syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(nfd), 0, 0)
+			closeRaw(nfd)
 		}
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
 	}
@@ -447,29 +459,9 @@ func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Con
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
-	var (
-		sa    syscall.RawSockaddrAny
-		salen uintptr
-		af    = uintptr(syscall.AF_INET)
-	)
-	if ap.Addr().Is4() {
-		p := (*syscall.RawSockaddrInet4)(unsafe.Pointer(&sa))
-		p.Family, p.Port, p.Addr = syscall.AF_INET, htons(ap.Port()), ap.Addr().As4()
-		salen = syscall.SizeofSockaddrInet4
-	} else {
-		af = syscall.AF_INET6
-		p := (*syscall.RawSockaddrInet6)(unsafe.Pointer(&sa))
-		p.Family, p.Port, p.Addr = syscall.AF_INET6, htons(ap.Port()), ap.Addr().As16()
-		if z := ap.Addr().Zone(); z != "" {
-			if ifi, err := net.InterfaceByName(z); err == nil {
-				p.Scope_id = uint32(ifi.Index)
-			} else if n, err := strconv.ParseUint(z, 10, 32); err == nil {
-				p.Scope_id = uint32(n)
-			}
-		}
-		salen = syscall.SizeofSockaddrInet6
-	}
-	r, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, af, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	var sa syscall.RawSockaddrAny
+	salen := sockaddrOf(ap, &sa)
+	r, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(sa.Addr.Family), syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if e != 0 {
 		return fail(os.NewSyscallError("socket", e))
 	}
@@ -480,7 +472,7 @@ func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Con
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(keepAliveIdle / time.Second)},
 	} {
 		if e := setsockoptInt(uintptr(fd), o.level, o.name, o.value); e != 0 {
-			syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+			closeRaw(fd)
 			return fail(os.NewSyscallError("setsockopt", e))
 		}
 	}
@@ -495,7 +487,7 @@ func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Con
 		e = 0
 	}
 	if e != 0 && e != syscall.EINPROGRESS {
-		syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+		closeRaw(fd)
 		return fail(os.NewSyscallError("connect", e))
 	}
 	fc, err := newFdConn(fd, net.TCPAddrFromAddrPort(ap))
