@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -132,4 +133,24 @@ func (l *envList) Set(v string) error {
 	}
 	*l = append(*l, v)
 	return nil
+}
+
+// runBenchRelay is `imapgate bench-relay`, the bench's relay target (deploy/bench/relay.go):
+// a bare byte relay from -listen to -to until SIGINT or SIGTERM.
+func runBenchRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench-relay", flag.ContinueOnError)
+	listen := fs.String("listen", "", "`address` to accept clients on")
+	to := fs.String("to", "", "backend `address` to relay each client to")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if *listen == "" || *to == "" {
+		fmt.Fprintln(stderr, "imapgate bench-relay: -listen and -to are required")
+		return errUsage
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	return bench.RunRelay(ctx, ln, *to)
 }

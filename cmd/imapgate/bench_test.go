@@ -31,8 +31,9 @@ func init() {
 	os.Exit(code)
 }
 
-// TestBenchSmoke runs every scenario against direct and imapgate on the in-process backend
-// with tiny numbers, so that the bench keeps working; the figures mean nothing here.
+// TestBenchSmoke runs every scenario against direct, the relay and imapgate on the
+// in-process backend with tiny numbers, so that the bench keeps working; the figures mean
+// nothing here.
 // (TLS on the client side is covered by deploy/bench's TestPeers with the other proxies.)
 func TestBenchSmoke(t *testing.T) {
 	saved := benchChild
@@ -43,7 +44,7 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "bench.json")
 	start := time.Now()
-	code, stdout, stderr := runCmd(t, "bench", "-backend", "memory", "-targets", "direct,imapgate",
+	code, stdout, stderr := runCmd(t, "bench", "-backend", "memory", "-targets", "direct,relay,imapgate",
 		"-n", "20", "-duration", "200ms", "-rounds", "1", "-concurrency", "4", "-users", "5", "-messages", "2",
 		"-message-size", "100000", "-out", out)
 	if code != 0 {
@@ -51,9 +52,12 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	t.Logf("took %v\n%s", time.Since(start), stdout)
 	for _, want := range []*regexp.Regexp{
-		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,imapgate -n 20 -duration 200ms -rounds 1 `),
+		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,relay,imapgate -n 20 -duration 200ms -rounds 1 `),
 		regexp.MustCompile(`(?m)^machine: +\d+ CPUs .*, TCP congestion control \S+, go1\.`),
 		regexp.MustCompile(`(?m)^logins +direct +\d+ logins/s +1\.00× direct`),
+		regexp.MustCompile(`(?m)^peer: +relay: a bare byte relay`),
+		regexp.MustCompile(`(?m)^logins +relay +\d+ logins/s +\d+\.\d\d× direct .*proxy CPU `),
+		regexp.MustCompile(`(?m)^latency +relay +p50 [\d.]+ [µm]s +[-+][\d.]+ [µm]s p50`),
 		regexp.MustCompile(`(?m)^logins +imapgate +\d+ logins/s +\d+\.\d\d× direct .*session p50 `),
 		regexp.MustCompile(`(?m)^throughput +imapgate +\d+ MB/s +\d+\.\d\d× direct .*FETCH 1:\* of 0\.2 MB`),
 		regexp.MustCompile(`(?m)^latency +imapgate +p50 [\d.]+ [µm]s +[-+][\d.]+ [µm]s p50`),
@@ -79,8 +83,8 @@ func TestBenchSmoke(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Results) != 4*2 {
-		t.Fatalf("%d results in the JSON, want 8", len(rep.Results))
+	if len(rep.Results) != 4*3 {
+		t.Fatalf("%d results in the JSON, want 12", len(rep.Results))
 	}
 	for _, r := range rep.Results {
 		if r.Error != "" || r.Skipped != "" || r.Elapsed <= 0 {
@@ -104,6 +108,13 @@ func TestBenchUsage(t *testing.T) {
 	}
 	if code, _, _ := runCmd(t, "bench", "stray"); code != 2 {
 		t.Errorf("stray argument: exit %d", code)
+	}
+	// The relay child is run by bench, not by people: not in the usage, and strict.
+	if _, out, _ := runCmd(t, "help"); strings.Contains(out, "bench-relay") {
+		t.Errorf("usage lists the internal bench-relay:\n%s", out)
+	}
+	if code, _, errOut := runCmd(t, "bench-relay", "-listen", "127.0.0.1:0"); code != 2 || !strings.Contains(errOut, "-to") {
+		t.Errorf("bench-relay without -to: exit %d, %q", code, errOut)
 	}
 }
 

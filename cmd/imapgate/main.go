@@ -45,6 +45,11 @@ var commands = []command{
 	{"version", "", "print the version", runVersion},
 }
 
+// internalCommands are run by other commands, not by people: they are not in the usage.
+var internalCommands = []command{
+	{"bench-relay", "-listen ADDR -to ADDR", "the bench's bare byte relay (its relay target)", runBenchRelay},
+}
+
 // errUsage marks errors in the command line.
 var errUsage = errors.New("usage")
 
@@ -76,7 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "-version", "--version":
 		name = "version"
 	}
-	for _, c := range commands {
+	for _, c := range append(commands[:len(commands):len(commands)], internalCommands...) {
 		if c.name != name {
 			continue
 		}

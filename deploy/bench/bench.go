@@ -7,7 +7,8 @@
 //   - Starts the backend: a real Dovecot (package deploy/dovecot, seeded over IMAP with
 //     users, a few small messages each and a mailbox of large messages) or, with
 //     Backend "memory", the in-process go-imap server of deploy/memdemo.
-//   - Starts each target fresh for each scenario: direct (no proxy), imapgate as a child
+//   - Starts each target fresh for each scenario: direct (no proxy), a bare byte relay as
+//     a child process (relay.go: what the hop alone costs), imapgate as a child
 //     process (`imapgate serve`, plain and implicit TLS on the client side), a second
 //     Dovecot as a login proxy (passdb static with proxy=y), and nginx's mail proxy
 //     (auth_http answered by the same nginx), plain and implicit TLS. A peer that is not
@@ -550,6 +551,8 @@ func describePeers(targets []string, o *Options) []string {
 			}
 			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, %s, JSON logs at info (written every 100 ms)%s",
 				runtime.Version(), rt, fwd))
+		case Relay:
+			out = append(out, "relay: a bare byte relay (`imapgate bench-relay` child process): a goroutine per direction, read(2)/write(2) through a 16 KiB buffer; no IMAP, no login, no TLS, no logs: what one more user-space hop written the plain Go way costs here")
 		case DovecotProxy:
 			out = append(out, "dovecot-proxy: Dovecot "+commandVersion("dovecot", "--version")+
 				" as a second instance: passdb static proxy=y nopassword=y (the backend checks the password), imap-login service_count=0 (2 processes at start, at most 4)")

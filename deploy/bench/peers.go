@@ -25,6 +25,7 @@ import (
 // Target names, in the order a run uses them.
 const (
 	Direct          = "direct"
+	Relay           = "relay"
 	Imapgate        = "imapgate"
 	ImapgateTLS     = "imapgate-tls"
 	DovecotProxy    = "dovecot-proxy"
@@ -34,7 +35,7 @@ const (
 )
 
 // AllTargets are the targets a run compares by default.
-var AllTargets = []string{Direct, Imapgate, ImapgateTLS, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
+var AllTargets = []string{Direct, Relay, Imapgate, ImapgateTLS, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
 
 // isTLS reports whether the load generator reaches target with implicit TLS.
 func isTLS(target string) bool { return strings.HasSuffix(target, "-tls") }
@@ -282,7 +283,7 @@ func available(target string, o *Options) string {
 			return "unknown target"
 		}
 		return ""
-	case Imapgate:
+	case Imapgate, Relay: // the relay is `imapgate bench-relay`
 		if o.Imapgate.Path == "" {
 			return "no imapgate command given"
 		}
@@ -312,6 +313,8 @@ func (e *peerEnv) start(ctx context.Context, target string) (*running, error) {
 		return &running{addr: e.backend.addr, stop: func() error { return nil }}, nil
 	case Imapgate:
 		return e.startImapgate(ctx, isTLS(target))
+	case Relay:
+		return e.startRelay(ctx)
 	case DovecotProxy:
 		return e.startDovecotProxy(ctx, isTLS(target))
 	case Nginx:
@@ -332,32 +335,36 @@ func (e *peerEnv) startImapgate(ctx context.Context, useTLS bool) (*running, err
 			return nil, err
 		}
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return retryPorts(1, func(ports []int) (*running, error) {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 		path := filepath.Join(dir, "imapgate.yaml")
 		if err := os.WriteFile(path, []byte(imapgateConfig(addr, useTLS, e.backend)), 0o600); err != nil {
 			return nil, err
 		}
 		c := e.opts.Imapgate
 		args := append(append([]string{}, c.Args...), "-config", path)
-		r, err := startChild(ctx, childSpec{
+		return startChild(ctx, childSpec{
 			name: "imapgate", path: c.Path, args: args, env: c.Env, dir: dir,
 			logPath: filepath.Join(dir, "imapgate.log"), addr: addr, tls: useTLS, pool: e.pool,
 		})
-		if err == nil {
-			return r, nil
-		}
-		lastErr = err
-		if !errors.Is(err, errAddrInUse) {
-			break
-		}
+	})
+}
+
+// startRelay runs the bare byte relay (relay.go) as `imapgate bench-relay` in front of the
+// backend.
+func (e *peerEnv) startRelay(ctx context.Context) (*running, error) {
+	dir := filepath.Join(e.dir, fmt.Sprintf("relay-%d", e.seq))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
 	}
-	return nil, lastErr
+	return retryPorts(1, func(ports []int) (*running, error) {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+		c := e.opts.Imapgate
+		return startChild(ctx, childSpec{
+			name: "relay", path: c.Path, args: []string{"bench-relay", "-listen", addr, "-to", e.backend.addr},
+			env: c.Env, dir: dir, logPath: filepath.Join(dir, "relay.log"), addr: addr,
+		})
+	})
 }
 
 // imapgateConfig is the configuration of the imapgate child: the listener, the backend
@@ -453,12 +460,7 @@ func (e *peerEnv) startNginx(ctx context.Context, useTLS bool) (*running, error)
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		ports, err := freePorts(3)
-		if err != nil {
-			return nil, err
-		}
+	return retryPorts(3, func(ports []int) (*running, error) {
 		p := nginxParams{dir: dir, imapPort: ports[0], imapsPort: ports[1], authPort: ports[2],
 			backendPort: bport, workers: nproc(), files: fileLimit(), conns: 2*e.slots + 512}
 		conf := filepath.Join(dir, "nginx.conf")
@@ -469,22 +471,14 @@ func (e *peerEnv) startNginx(ctx context.Context, useTLS bool) (*running, error)
 		if useTLS {
 			port = p.imapsPort
 		}
-		r, err := startChild(ctx, childSpec{
+		return startChild(ctx, childSpec{
 			name: "nginx", path: nginxBinary(),
 			args: []string{"-p", dir + "/", "-c", conf, "-e", filepath.Join(dir, "error.log")},
 			dir:  dir, logPath: filepath.Join(dir, "nginx.stderr"),
 			addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), tls: useTLS, pool: e.pool,
 			errorLog: filepath.Join(dir, "error.log"),
 		})
-		if err == nil {
-			return r, nil
-		}
-		lastErr = err
-		if !errors.Is(err, errAddrInUse) {
-			break
-		}
-	}
-	return nil, lastErr
+	})
 }
 
 type nginxParams struct {
@@ -675,12 +669,22 @@ func tails(paths ...string) string {
 	return b.String()
 }
 
-func freePort() (int, error) {
-	ports, err := freePorts(1)
-	if err != nil {
-		return 0, err
+// retryPorts calls start with n loopback ports that were free a moment ago, and again with
+// new ones (three tries in all) while start fails because another program took one of them
+// in between.
+func retryPorts(n int, start func(ports []int) (*running, error)) (*running, error) {
+	var err error
+	for range 3 {
+		var ports []int
+		if ports, err = freePorts(n); err != nil {
+			return nil, err
+		}
+		var r *running
+		if r, err = start(ports); !errors.Is(err, errAddrInUse) {
+			return r, err
+		}
 	}
-	return ports[0], nil
+	return nil, err
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.

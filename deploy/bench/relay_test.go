@@ -1,0 +1,154 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/imapgate/imapgate/deploy/memdemo"
+)
+
+// TestRelay runs a session through the bare relay to an in-process IMAP server: login,
+// an upload and a download larger than the relay's buffer, logout. The server's BYE and
+// its close reach the client.
+func TestRelay(t *testing.T) {
+	users := map[string]string{"u@bench.example": "secret"}
+	s, err := memdemo.StartShardWith(context.Background(), memdemo.ShardOptions{Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr, stop := startTestRelay(t, s.Addr)
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, addr, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("u@bench.example", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Append("INBOX", bigMessage("u@bench.example", 0, 3*relayBufSize+17)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Examine("INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.FetchAll(); err != nil || n != 3*relayBufSize+17 {
+		t.Fatalf("FetchAll = %d, %v; want %d bytes", n, err, 3*relayBufSize+17)
+	}
+	if err := c.Logout(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if rest, err := io.ReadAll(c.r); err != nil || len(rest) != 0 {
+		t.Fatalf("after LOGOUT: %q, %v; want the server's close", rest, err)
+	}
+}
+
+// TestRelayHalfClose: the client's end of stream reaches the backend as a half-close, and
+// what the backend sends after it still reaches the client.
+func TestRelayHalfClose(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	go func() {
+		c, err := backend.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		got, _ := io.ReadAll(c) // until the client's half-close
+		_, _ = c.Write(append([]byte("got: "), got...))
+	}()
+	addr, stop := startTestRelay(t, backend.Addr().String())
+	defer stop()
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("a LOGOUT\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(c); err != nil || string(got) != "got: a LOGOUT\r\n" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+// TestRelayStop: ending the relay's context closes the sessions it relays and RunRelay
+// returns nil.
+func TestRelayStop(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("* OK ready\r\n"))
+			defer c.Close()
+		}
+	}()
+	addr, stop := startTestRelay(t, backend.Addr().String())
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || line != "* OK ready\r\n" {
+		t.Fatalf("greeting %q, %v", line, err)
+	}
+	stop()
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("after stop: %q, %v; want the connection closed", rest, err)
+	}
+}
+
+// startTestRelay runs RunRelay in front of to; stop ends it and fails the test if it did
+// not return nil.
+func startTestRelay(t *testing.T, to string) (addr string, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- RunRelay(ctx, ln, to) }()
+	stopped := false
+	return ln.Addr().String(), func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("RunRelay: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("RunRelay did not return after its context ended")
+		}
+	}
+}
