@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,11 +43,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.WorkDir, "workdir", "", "work `directory` (configurations, logs, mail); default a temporary one, removed at the end")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary work directory (its path is printed)")
 	fs.BoolVar(&quiet, "q", false, "no progress messages on standard error")
+	backendCPUs := fs.String("backend-cpus", "", "run the Dovecot backend on this comma-separated `list` of CPUs (e.g. 0) and the load generator and the proxies on the others, as when the backend has a host of its own; default: all share every core")
 	pprofAddr := fs.String("pprof", "", "run the imapgate children with -pprof `address`, to profile them during a run")
 	var childEnv envList
 	fs.Var(&childEnv, "env", "set `KEY=VALUE` in the imapgate children's environment (repeatable), e.g. GOMAXPROCS=1 or GOGC=400, to compare runtime settings")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
+	}
+	for _, c := range splitList(*backendCPUs) {
+		n, err := strconv.Atoi(c)
+		if err != nil {
+			fmt.Fprintf(stderr, "imapgate bench: -backend-cpus: %q is not a CPU number\n", c)
+			return errUsage
+		}
+		o.BackendCPUs = append(o.BackendCPUs, n)
 	}
 	o.Scenarios = splitList(scenarios)
 	o.Targets = splitList(targets)

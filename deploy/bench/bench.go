@@ -22,9 +22,10 @@
 // What it does not do: it does not tune the peers beyond what a fair comparison needs
 // (one worker or login process per core, limits sized for the session count), it does not
 // run across machines (loopback only: the figures show the proxies' CPU and memory costs,
-// not network effects), and it does not isolate CPUs: the load generator, the proxy and
-// the backend share the machine's cores, which the report's CPU column makes visible.
-// Every load is bounded in count and in time. It needs Linux.
+// not network effects), and by default it does not isolate CPUs: the load generator, the
+// proxy and the backend share the machine's cores, which the report's CPU column makes
+// visible (BackendCPUs gives the backend cores of its own). Every load is bounded in count
+// and in time. It needs Linux.
 package bench
 
 import (
@@ -36,6 +37,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -62,7 +64,11 @@ type Options struct {
 	Users       int     // users on the backend (100)
 	Messages    int     // messages in the throughput mailbox (20)
 	MessageSize int     // bytes per throughput message (1 000 000)
-	Imapgate    Command // required for the imapgate targets
+	Imapgate    Command // required for the imapgate and relay targets
+	// BackendCPUs, if set, runs the backend (Dovecot only) on these CPUs and the load
+	// generator and every proxy on the others, as when the backend has a host of its own.
+	// Unset, everything shares every core (the default).
+	BackendCPUs []int
 	// WorkDir holds configurations, logs and Dovecot's mail. "" means a new temporary
 	// directory, removed at the end unless Keep.
 	WorkDir string
@@ -110,6 +116,14 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Sessions < 0 || o.Concurrency < 0 || o.Rounds < 0 || o.Users < 0 || o.Messages < 0 || o.MessageSize < 1000 || o.Duration < 0 {
 		return errors.New("counts and durations must be positive (message size at least 1000)")
+	}
+	if len(o.BackendCPUs) > 0 && o.Backend != "dovecot" {
+		return errors.New("backend CPUs need the dovecot backend (the memory one runs in the bench's own process)")
+	}
+	for _, c := range o.BackendCPUs {
+		if c < 0 || c >= runtime.NumCPU() {
+			return fmt.Errorf("backend CPU %d: this machine has CPUs 0 to %d", c, runtime.NumCPU()-1)
+		}
 	}
 	if o.Sessions > 1_000_000 || o.Concurrency > 10_000 || o.Rounds > 100 || o.Users > 100_000 || o.Duration > time.Hour {
 		return errors.New("too large: at most 1 000 000 sessions, 10 000 workers, 100 rounds, 100 000 users, 1h per scenario")
@@ -257,6 +271,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	defer b.close()
 	rep.Backend = b.version
+	if len(o.BackendCPUs) > 0 {
+		restore, err := pinBackend(b.pgid, o.BackendCPUs)
+		if err != nil {
+			return nil, err
+		}
+		defer restore()
+	}
 	messages := 0
 	if slices.Contains(o.Scenarios, Throughput) {
 		messages = o.Messages
@@ -564,10 +585,23 @@ func describePeers(targets []string, o *Options) []string {
 	return out
 }
 
+// joinInts is "0,1" for [0 1].
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
 // notes explains the run's limits in the report.
 func notes(rep *Report, o *Options) []string {
 	var out []string
-	out = append(out, fmt.Sprintf("The load generator runs in the bench process on the same %d cores as the proxy and the backend; the cpu column shows how much of them each used (1.00 = one core busy all along).", rep.Machine.CPUs))
+	if len(o.BackendCPUs) > 0 {
+		out = append(out, fmt.Sprintf("The backend ran on CPU %s, the load generator (the bench process) and the proxies on the other cores; the cpu column shows how much of them each used (1.00 = one core busy all along).", joinInts(o.BackendCPUs)))
+	} else {
+		out = append(out, fmt.Sprintf("The load generator runs in the bench process on the same %d cores as the proxy and the backend; the cpu column shows how much of them each used (1.00 = one core busy all along).", rep.Machine.CPUs))
+	}
 	if o.Backend == "memory" {
 		out = append(out, "Backend memory: the IMAP server runs inside the bench process, so its CPU is in the load generator's column.")
 	}

@@ -195,7 +195,8 @@ func TestOptions(t *testing.T) {
 		t.Errorf("defaults: %+v", o)
 	}
 	for _, bad := range []Options{{Backend: "x"}, {Targets: []string{"haproxy"}}, {Scenarios: []string{"x"}},
-		{Sessions: -1}, {Duration: 2 * time.Hour}} {
+		{Sessions: -1}, {Duration: 2 * time.Hour}, {Targets: []string{"relay-tls"}},
+		{Backend: "memory", BackendCPUs: []int{0}}, {BackendCPUs: []int{-1}}, {BackendCPUs: []int{1 << 20}}} {
 		if err := bad.setDefaults(); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}

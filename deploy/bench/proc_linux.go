@@ -4,10 +4,14 @@ package bench
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/imapgate/imapgate/deploy/dovecot"
 )
@@ -145,4 +149,67 @@ func machineBusy() int64 {
 		busy += n
 	}
 	return busy
+}
+
+// pinBackend runs the backend on cpus and the bench on the other CPUs it may use: every
+// thread of the backend's process group pgid (the processes it forks later inherit it),
+// and every thread of this process (the threads the Go runtime makes later, and the
+// proxies started later, inherit it). The returned function gives this process's threads
+// their former CPUs back; the backend keeps its own until it stops.
+//
+// It makes the machine look like a backend with a host of its own (as in production), so
+// that a proxy's figures are not moved by the scheduler putting the proxy or the load
+// generator on the backend's core.
+func pinBackend(pgid int, cpus []int) (restore func(), err error) {
+	var orig, backend, rest unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &orig); err != nil {
+		return nil, fmt.Errorf("backend CPUs: %w", err)
+	}
+	rest = orig
+	for _, c := range cpus {
+		if !orig.IsSet(c) {
+			return nil, fmt.Errorf("backend CPUs: CPU %d is not one this process may use", c)
+		}
+		backend.Set(c)
+		rest.Clear(c)
+	}
+	if rest.Count() == 0 {
+		return nil, errors.New("backend CPUs: no CPU left for the load generator and the proxies")
+	}
+	procs, err := dovecot.GroupProcesses(pgid)
+	if err != nil {
+		return nil, fmt.Errorf("backend CPUs: %w", err)
+	}
+	for _, p := range procs {
+		if err := setThreadsAffinity(p.Dir, &backend); err != nil {
+			return nil, fmt.Errorf("backend CPUs: process %d: %w", p.PID, err)
+		}
+	}
+	// Twice: a thread made during the first pass may have copied the old set.
+	for range 2 {
+		if err := setThreadsAffinity("/proc/self", &rest); err != nil {
+			_ = setThreadsAffinity("/proc/self", &orig)
+			return nil, fmt.Errorf("backend CPUs: the bench's threads: %w", err)
+		}
+	}
+	return func() { _ = setThreadsAffinity("/proc/self", &orig) }, nil
+}
+
+// setThreadsAffinity sets the CPUs of every thread of the process at dir (/proc/PID). A
+// thread that ended meanwhile is skipped.
+func setThreadsAffinity(dir string, set *unix.CPUSet) error {
+	ents, err := os.ReadDir(filepath.Join(dir, "task"))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+	}
+	return nil
 }

@@ -26,3 +26,5 @@ func killGroup(int, syscall.Signal) {}
 func currentFileLimit() (uint64, error) { return 0, errors.ErrUnsupported }
 
 func machineBusy() int64 { return 0 }
+
+func pinBackend(int, []int) (func(), error) { return nil, errors.ErrUnsupported }
