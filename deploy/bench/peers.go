@@ -412,14 +412,22 @@ func (e *peerEnv) startDovecotProxy(ctx context.Context, useTLS bool) (*running,
 		r.tls = clientTLS(inst.RootCAs, inst.ServerName)
 	}
 	r.check = func() error {
-		log, err := inst.Log()
-		if err != nil {
-			return err
+		// imap-login hands the line to Dovecot's log process, which writes it when it gets
+		// to it: the session can be over before the line is in the file (seen once in a
+		// full run). Look again for a while before calling it a failure.
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			log, err := inst.Log()
+			if err != nil {
+				return err
+			}
+			if strings.Contains(log, ",127.0.0.1:"+port+"): Started proxying") {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("dovecot-proxy: its log (%s) does not show a proxied session", inst.LogPath)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if !strings.Contains(log, ",127.0.0.1:"+port+"): Started proxying") {
-			return fmt.Errorf("dovecot-proxy: its log (%s) does not show a proxied session", inst.LogPath)
-		}
-		return nil
 	}
 	return r, nil
 }
