@@ -46,7 +46,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	backendCPUs := fs.String("backend-cpus", "", "run the Dovecot backend on this comma-separated `list` of CPUs (e.g. 0) and the load generator and the proxies on the others, as when the backend has a host of its own; default: all share every core")
 	pprofAddr := fs.String("pprof", "", "run the imapgate children with -pprof `address`, to profile them during a run")
 	var childEnv envList
-	fs.Var(&childEnv, "env", "set `KEY=VALUE` in the imapgate children's environment (repeatable), e.g. GOMAXPROCS=1 or GOGC=400, to compare runtime settings")
+	fs.Var(&childEnv, "env", "set `KEY=VALUE` in the imapgate and relay children's environment (repeatable), e.g. GOMAXPROCS=1 or GOGC=400, to compare runtime settings")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}

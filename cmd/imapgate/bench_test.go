@@ -109,6 +109,9 @@ func TestBenchUsage(t *testing.T) {
 	if code, _, _ := runCmd(t, "bench", "stray"); code != 2 {
 		t.Errorf("stray argument: exit %d", code)
 	}
+	if code, _, errOut := runCmd(t, "bench", "-backend-cpus", "0,x"); code != 2 || !strings.Contains(errOut, `"x" is not a CPU number`) {
+		t.Errorf("-backend-cpus 0,x: exit %d, %q", code, errOut)
+	}
 	// The relay child is run by bench, not by people: not in the usage, and strict.
 	if _, out, _ := runCmd(t, "help"); strings.Contains(out, "bench-relay") {
 		t.Errorf("usage lists the internal bench-relay:\n%s", out)

@@ -43,7 +43,8 @@ import (
 )
 
 // Command is how to run `imapgate serve`: Path with Args (then "-config FILE"), with Env
-// added to the bench's environment.
+// added to the bench's environment. Path must be the imapgate executable: the relay
+// target runs it too, as `Path bench-relay …` with Env (Args are serve's).
 type Command struct {
 	Path string
 	Args []string
@@ -121,8 +122,9 @@ func (o *Options) setDefaults() error {
 		return errors.New("backend CPUs need the dovecot backend (the memory one runs in the bench's own process)")
 	}
 	for _, c := range o.BackendCPUs {
-		if c < 0 || c >= runtime.NumCPU() {
-			return fmt.Errorf("backend CPU %d: this machine has CPUs 0 to %d", c, runtime.NumCPU()-1)
+		// Whether this process may use it is checked when pinning, against its CPU set.
+		if c < 0 || c >= maxCPU {
+			return fmt.Errorf("backend CPU %d: not a CPU number", c)
 		}
 	}
 	if o.Sessions > 1_000_000 || o.Concurrency > 10_000 || o.Rounds > 100 || o.Users > 100_000 || o.Duration > time.Hour {
@@ -203,6 +205,7 @@ type Report struct {
 		Users       int           `json:"users"`
 		Messages    int           `json:"messages"`
 		MessageSize int           `json:"message_size"`
+		BackendCPUs []int         `json:"backend_cpus,omitempty"`
 	} `json:"options"`
 	Results []Result `json:"results"`
 	Notes   []string `json:"notes"`
@@ -244,6 +247,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.Options.Sessions, rep.Options.Duration, rep.Options.Concurrency = o.Sessions, o.Duration, o.Concurrency
 	rep.Options.Rounds = o.Rounds
 	rep.Options.Users, rep.Options.Messages, rep.Options.MessageSize = o.Users, o.Messages, o.MessageSize
+	rep.Options.BackendCPUs = o.BackendCPUs
 
 	dir := o.WorkDir
 	if dir == "" {
@@ -539,8 +543,14 @@ type procStats struct {
 	CPUTicks int64 // user+system, in 1/clockTick seconds
 }
 
-// nproc is the number of CPUs this process may use.
-func nproc() int { return runtime.NumCPU() }
+// nproc is the number of CPUs this process may use now: after BackendCPUs pinned the
+// backend, the CPUs left for the proxies, which they inherit.
+func nproc() int {
+	if n := usableCPUs(); n > 0 {
+		return n
+	}
+	return runtime.NumCPU()
+}
 
 // fileLimit is the current soft RLIMIT_NOFILE, or 1024 if unknown.
 func fileLimit() int {
@@ -566,7 +576,7 @@ func describePeers(targets []string, o *Options) []string {
 			if o.Backend == "dovecot" {
 				fwd = ", forward_client_ip (an ID command before login)"
 			}
-			rt := fmt.Sprintf("GOMAXPROCS=%d (the default: every core)", nproc())
+			rt := fmt.Sprintf("GOMAXPROCS=%d (the default: one per core it may use)", nproc())
 			if len(o.Imapgate.Env) > 0 {
 				rt = "environment " + strings.Join(o.Imapgate.Env, " ")
 			}
@@ -598,7 +608,7 @@ func joinInts(v []int) string {
 func notes(rep *Report, o *Options) []string {
 	var out []string
 	if len(o.BackendCPUs) > 0 {
-		out = append(out, fmt.Sprintf("The backend ran on CPU %s, the load generator (the bench process) and the proxies on the other cores; the cpu column shows how much of them each used (1.00 = one core busy all along).", joinInts(o.BackendCPUs)))
+		out = append(out, fmt.Sprintf("The backend ran on CPUs %s, the load generator (the bench process) and the proxies on the other %d, whose number the proxies' defaults follow (GOMAXPROCS, nginx's workers); the cpu column shows how much of them each used (1.00 = one core busy all along).", joinInts(o.BackendCPUs), nproc()))
 	} else {
 		out = append(out, fmt.Sprintf("The load generator runs in the bench process on the same %d cores as the proxy and the backend; the cpu column shows how much of them each used (1.00 = one core busy all along).", rep.Machine.CPUs))
 	}

@@ -194,6 +194,10 @@ func TestOptions(t *testing.T) {
 	if o.Backend != "dovecot" || o.Sessions != 2000 || o.Duration != 5*time.Second || len(o.Targets) != len(AllTargets) {
 		t.Errorf("defaults: %+v", o)
 	}
+	pinned := Options{BackendCPUs: []int{0}}
+	if err := pinned.setDefaults(); err != nil {
+		t.Errorf("backend CPU 0 with the dovecot backend: %v", err)
+	}
 	for _, bad := range []Options{{Backend: "x"}, {Targets: []string{"haproxy"}}, {Scenarios: []string{"x"}},
 		{Sessions: -1}, {Duration: 2 * time.Hour}, {Targets: []string{"relay-tls"}},
 		{Backend: "memory", BackendCPUs: []int{0}}, {BackendCPUs: []int{-1}}, {BackendCPUs: []int{1 << 20}}} {

@@ -151,11 +151,24 @@ func machineBusy() int64 {
 	return busy
 }
 
+// maxCPU bounds the CPU numbers a CPU set holds (CPU_SETSIZE).
+const maxCPU = 1024
+
+// usableCPUs is the number of CPUs this process may use now, 0 if unknown.
+func usableCPUs() int {
+	var set unix.CPUSet
+	if unix.SchedGetaffinity(0, &set) != nil {
+		return 0
+	}
+	return set.Count()
+}
+
 // pinBackend runs the backend on cpus and the bench on the other CPUs it may use: every
-// thread of the backend's process group pgid (the processes it forks later inherit it),
-// and every thread of this process (the threads the Go runtime makes later, and the
-// proxies started later, inherit it). The returned function gives this process's threads
-// their former CPUs back; the backend keeps its own until it stops.
+// thread of every process of the backend's process group pgid, and every thread of this
+// process. Threads and processes made later copy the set of the one that makes them, so
+// once all are set the Go runtime's new threads, the processes Dovecot forks and the
+// proxies the bench starts stay where they belong. The returned function gives this
+// process's threads their former CPUs back; the backend keeps its own until it stops.
 //
 // It makes the machine look like a backend with a host of its own (as in production), so
 // that a proxy's figures are not moved by the scheduler putting the proxy or the load
@@ -176,40 +189,73 @@ func pinBackend(pgid int, cpus []int) (restore func(), err error) {
 	if rest.Count() == 0 {
 		return nil, errors.New("backend CPUs: no CPU left for the load generator and the proxies")
 	}
-	procs, err := dovecot.GroupProcesses(pgid)
+	err = settle(func() (int, error) {
+		procs, err := dovecot.GroupProcesses(pgid)
+		if err != nil {
+			return 0, err
+		}
+		changed := 0
+		for _, p := range procs {
+			n, err := setThreadsAffinity(p.Dir, &backend)
+			if err != nil {
+				return 0, fmt.Errorf("process %d: %w", p.PID, err)
+			}
+			changed += n
+		}
+		return changed, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("backend CPUs: %w", err)
+		return nil, fmt.Errorf("backend CPUs: the backend: %w", err)
 	}
-	for _, p := range procs {
-		if err := setThreadsAffinity(p.Dir, &backend); err != nil {
-			return nil, fmt.Errorf("backend CPUs: process %d: %w", p.PID, err)
-		}
+	self := func(set *unix.CPUSet) error {
+		return settle(func() (int, error) { return setThreadsAffinity("/proc/self", set) })
 	}
-	// Twice: a thread made during the first pass may have copied the old set.
-	for range 2 {
-		if err := setThreadsAffinity("/proc/self", &rest); err != nil {
-			_ = setThreadsAffinity("/proc/self", &orig)
-			return nil, fmt.Errorf("backend CPUs: the bench's threads: %w", err)
-		}
+	if err := self(&rest); err != nil {
+		_ = self(&orig)
+		return nil, fmt.Errorf("backend CPUs: the bench's threads: %w", err)
 	}
-	return func() { _ = setThreadsAffinity("/proc/self", &orig) }, nil
+	return func() { _ = self(&orig) }, nil
 }
 
-// setThreadsAffinity sets the CPUs of every thread of the process at dir (/proc/PID). A
-// thread that ended meanwhile is skipped.
-func setThreadsAffinity(dir string, set *unix.CPUSet) error {
+// settle runs pass until it changes nothing: a thread or process made during a pass may
+// have copied the old set from one the pass had not reached yet.
+func settle(pass func() (changed int, err error)) error {
+	for range 20 {
+		n, err := pass()
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+	return errors.New("threads kept appearing with the old CPU set")
+}
+
+// setThreadsAffinity gives every thread of the process at dir (/proc/PID) the CPUs of set
+// and returns how many had other ones. A thread or process that ended meanwhile is skipped.
+func setThreadsAffinity(dir string, set *unix.CPUSet) (changed int, err error) {
 	ents, err := os.ReadDir(filepath.Join(dir, "task"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, e := range ents {
 		tid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
+		var cur unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &cur); err == nil && cur == *set {
+			continue
 		}
+		err = unix.SchedSetaffinity(tid, set)
+		if errors.Is(err, unix.ESRCH) {
+			continue
+		}
+		if err != nil {
+			return changed, err
+		}
+		changed++
 	}
-	return nil
+	return changed, nil
 }

@@ -27,4 +27,8 @@ func currentFileLimit() (uint64, error) { return 0, errors.ErrUnsupported }
 
 func machineBusy() int64 { return 0 }
 
+const maxCPU = 1024
+
+func usableCPUs() int { return 0 }
+
 func pinBackend(int, []int) (func(), error) { return nil, errors.ErrUnsupported }

@@ -3,8 +3,10 @@ package bench
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,19 +71,11 @@ func TestRelayHalfClose(t *testing.T) {
 		got, _ := io.ReadAll(c) // until the client's half-close
 		_, _ = c.Write(append([]byte("got: "), got...))
 	}()
-	addr, stop := startTestRelay(t, backend.Addr().String())
-	defer stop()
-
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialTestRelay(t, backend.Addr().String())
 	if _, err := c.Write([]byte("a LOGOUT\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := io.ReadAll(c); err != nil || string(got) != "got: a LOGOUT\r\n" {
@@ -104,7 +98,8 @@ func TestRelayStop(t *testing.T) {
 				return
 			}
 			_, _ = c.Write([]byte("* OK ready\r\n"))
-			defer c.Close()
+			defer c.Close() // left open: only the relay may close the session
+
 		}
 	}()
 	addr, stop := startTestRelay(t, backend.Addr().String())
@@ -122,6 +117,67 @@ func TestRelayStop(t *testing.T) {
 	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
 		t.Fatalf("after stop: %q, %v; want the connection closed", rest, err)
 	}
+}
+
+// TestRelayClientReset: a client that resets its connection ends the session: the relay
+// closes the backend connection too, instead of waiting on a backend with nothing to say.
+func TestRelayClientReset(t *testing.T) {
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	closed := make(chan error, 1)
+	go func() {
+		c, err := backend.Accept()
+		if err != nil {
+			closed <- err
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, c) // until the relay closes its side
+		closed <- err
+	}()
+	c := dialTestRelay(t, backend.Addr().String())
+	if _, err := c.Write([]byte("a NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetLinger(0) // Close sends RST
+	_ = c.Close()
+	if err := <-closed; err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("backend side: %v; want it closed by the relay", err)
+	}
+}
+
+// TestRelayBackendDown: when the backend cannot be reached the client's connection is
+// closed.
+func TestRelayBackendDown(t *testing.T) {
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downAddr := down.Addr().String()
+	_ = down.Close() // nothing listens there now: connect is refused
+	c := dialTestRelay(t, downAddr)
+	if got, err := io.ReadAll(c); err != nil || len(got) != 0 {
+		t.Fatalf("read %q, %v; want the relay's close", got, err)
+	}
+}
+
+// dialTestRelay runs RunRelay in front of to for the rest of the test and connects to it,
+// with a deadline of 10 s.
+func dialTestRelay(t *testing.T, to string) *net.TCPConn {
+	t.Helper()
+	addr, stop := startTestRelay(t, to)
+	t.Cleanup(stop)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c.(*net.TCPConn)
 }
 
 // startTestRelay runs RunRelay in front of to; stop ends it and fails the test if it did
