@@ -57,21 +57,11 @@ func TestRelay(t *testing.T) {
 // TestRelayHalfClose: the client's end of stream reaches the backend as a half-close, and
 // what the backend sends after it still reaches the client.
 func TestRelayHalfClose(t *testing.T) {
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
-	go func() {
-		c, err := backend.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := testBackend(t, func(c net.Conn) {
 		got, _ := io.ReadAll(c) // until the client's half-close
 		_, _ = c.Write(append([]byte("got: "), got...))
-	}()
-	c := dialTestRelay(t, backend.Addr().String())
+	})
+	c := dialTestRelay(t, backend)
 	if _, err := c.Write([]byte("a LOGOUT\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -86,23 +76,11 @@ func TestRelayHalfClose(t *testing.T) {
 // TestRelayStop: ending the relay's context closes the sessions it relays and RunRelay
 // returns nil.
 func TestRelayStop(t *testing.T) {
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
-	go func() {
-		for {
-			c, err := backend.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("* OK ready\r\n"))
-			defer c.Close() // left open: only the relay may close the session
-
-		}
-	}()
-	addr, stop := startTestRelay(t, backend.Addr().String())
+	backend := testBackend(t, func(c net.Conn) {
+		_, _ = c.Write([]byte("* OK ready\r\n"))
+		_, _ = io.Copy(io.Discard, c) // open until the relay closes the session
+	})
+	addr, stop := startTestRelay(t, backend)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -122,24 +100,13 @@ func TestRelayStop(t *testing.T) {
 // TestRelayClientReset: a client that resets its connection ends the session: the relay
 // closes the backend connection too, instead of waiting on a backend with nothing to say.
 func TestRelayClientReset(t *testing.T) {
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
 	closed := make(chan error, 1)
-	go func() {
-		c, err := backend.Accept()
-		if err != nil {
-			closed <- err
-			return
-		}
-		defer c.Close()
+	backend := testBackend(t, func(c net.Conn) {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		_, err = io.Copy(io.Discard, c) // until the relay closes its side
+		_, err := io.Copy(io.Discard, c) // until the relay closes its side
 		closed <- err
-	}()
-	c := dialTestRelay(t, backend.Addr().String())
+	})
+	c := dialTestRelay(t, backend)
 	if _, err := c.Write([]byte("a NOOP\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +130,30 @@ func TestRelayBackendDown(t *testing.T) {
 	if got, err := io.ReadAll(c); err != nil || len(got) != 0 {
 		t.Fatalf("read %q, %v; want the relay's close", got, err)
 	}
+}
+
+// testBackend listens on a loopback port until the test ends and runs serve on each
+// connection, closing it when serve returns. It returns the address.
+func testBackend(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // dialTestRelay runs RunRelay in front of to for the rest of the test and connects to it,
