@@ -32,7 +32,8 @@ import (
 // The proxy's closer is one goroutine for the process, alive for up to two batch intervals
 // after the last connection closed (proxy/sock.go).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"),
+		goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*workerPool).work")) // waiting workers (proxy/workers.go)
 }
 
 // testToken is the admin token of the end-to-end environment.

@@ -5,12 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/imapgate/imapgate/routing"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Go benchmarks of the data path's parts, allocations reported. The end-to-end comparison
@@ -166,6 +170,64 @@ func benchNoop(b *testing.B, addr string) {
 			}
 		}
 	}
+}
+
+// BenchmarkSession: whole sessions one after another (connect, greeting, LOGIN, SELECT
+// INBOX, LOGOUT), directly to an in-process backend and through the proxy (plain, JSON logs
+// at info to io.Discard, as imapgate serve logs). cpu-µs/op is the process's CPU time per
+// session (getrusage: client, proxy and backend together): the proxy's own is the difference
+// between the two. allocs/op likewise.
+func BenchmarkSession(b *testing.B) {
+	be := startMemBackend(b, map[string]string{"alice@example.com": "alice"})
+	b.Run("direct", func(b *testing.B) { benchSession(b, be.addr) })
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zap.InfoLevel))
+	tp := startProxy(b, toBackends(&routing.Backend{Address: be.addr}), ListenerOptions{AllowPlaintextAuth: true},
+		func(o *Options) { o.Logger = log })
+	b.Run("proxy", func(b *testing.B) { benchSession(b, tp.addr) })
+}
+
+func benchSession(b *testing.B, addr string) {
+	b.ReportAllocs()
+	cpu0 := processCPU(b)
+	for b.Loop() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		if _, err := br.ReadString('\n'); err != nil {
+			b.Fatal(err)
+		}
+		for _, cmd := range []string{"a LOGIN alice@example.com alice\r\n", "b SELECT INBOX\r\n", "c LOGOUT\r\n"} {
+			if _, err := c.Write([]byte(cmd)); err != nil {
+				b.Fatal(err)
+			}
+			for {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					b.Fatal(err)
+				}
+				if l[0] == cmd[0] && l[1] == ' ' {
+					break
+				}
+			}
+		}
+		if _, err := br.ReadString('\n'); err != io.EOF {
+			b.Fatalf("after LOGOUT: %v, want EOF", err)
+		}
+		c.Close()
+	}
+	b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkNoopRoundTrip: one logged-in session, sequential NOOPs, directly to an

@@ -5,6 +5,7 @@
 // The path of one session, file by file:
 //
 //	server.go   accept: Server.Serve takes connections from a listener; the session registry
+//	workers.go  session goroutines run on reused goroutines, whose stacks have grown already
 //	sock.go     the sockets: Listen's listener and the backend dial make them with raw
 //	            system calls (no wake-ups of the runtime's sysmon); closes are batched
 //	session.go  one session's life (run), implicit TLS, login orchestration, handoff

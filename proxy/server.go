@@ -143,11 +143,11 @@ func (s *Server) startSession(conn net.Conn, lo *ListenerOptions) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.metrics.ConnOpened(lo.Name)
-	go s.handle(sess)
+	sessionWorkers.goRun(func() { s.handle(sess) })
 }
 
-// handle is the session goroutine; named so it shows in stack dumps. After login the
-// splice's goroutines take the session over and finish it.
+// handle is the session goroutine (a worker of the pool, workers.go); named so it shows in
+// stack dumps. After login the splice's goroutines take the session over and finish it.
 func (s *Server) handle(sess *session) {
 	finish := func() {
 		s.mu.Lock()

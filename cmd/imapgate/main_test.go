@@ -26,7 +26,8 @@ import (
 // The proxy's closer is one goroutine for the process, alive for up to two batch intervals
 // after the last connection closed (proxy/sock.go).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"),
+		goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*workerPool).work")) // waiting workers (proxy/workers.go)
 }
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a running command.
