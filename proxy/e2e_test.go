@@ -462,3 +462,23 @@ func TestUpstreamConnectFailureReported(t *testing.T) {
 		t.Fatalf("failed connects reported: %v, want 1 for %s", m.upFailed, dead)
 	}
 }
+
+// A backend given by host name: the proxy resolves it and logs in there; the login line
+// names the backend as configured.
+func TestEndToEndBackendByHostName(t *testing.T) {
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	_, port, _ := net.SplitHostPort(be.addr)
+	byName := net.JoinHostPort("localhost", port)
+	tp := startProxy(t, toBackends(&routing.Backend{Address: byName}), ListenerOptions{AllowPlaintextAuth: true})
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("a1 LOGIN alice@example.com alice\r\n")
+	c.expect("a1 OK [CAPABILITY IMAP4rev2 …")
+	c.send("a2 LOGOUT\r\n")
+	c.expect("* BYE …")
+	c.expect("a2 OK …")
+	c.expectClosed()
+	if m := tp.waitLog(t, "login").ContextMap(); m["backend"] != byName {
+		t.Errorf("login line names backend %v, want %s", m["backend"], byName)
+	}
+}

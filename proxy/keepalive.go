@@ -13,10 +13,6 @@ import (
 // 2 minutes anyway (imap_idle_notify_interval), which finds dead clients sooner.
 const keepAliveIdle = 5 * time.Minute
 
-// keepAlive is keepAliveIdle for net.Dialer (backend connections): two setsockopt calls per
-// connection instead of Go's four.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle, Interval: -1, Count: -1}
-
 // ListenConfig returns the net.ListenConfig for client listeners. The keepalive is set once
 // on the listening socket, and Linux gives every accepted connection the listener's
 // SO_KEEPALIVE and TCP_KEEPIDLE (the child socket is cloned from the listener,

@@ -30,7 +30,8 @@ func TestAcceptedConnInheritsKeepAlive(t *testing.T) {
 	}
 }
 
-// TestDialedConnKeepAlive: dialRaw sets what net.Dialer with keepAlive sets.
+// TestDialedConnKeepAlive: a backend connection gets keepAliveIdle (SO_KEEPALIVE and
+// TCP_KEEPIDLE, the system's interval and count) and TCP_NODELAY.
 func TestDialedConnKeepAlive(t *testing.T) {
 	c, _ := connPair(t, tcpListener(t), rawDial)
 	checkSockopts(t, c)

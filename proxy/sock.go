@@ -34,9 +34,9 @@ import (
 // lines are written in batches (config's log.flush_interval). sockConn (rawio.go) did the
 // same for reads and writes earlier.
 //
-// What stays with the net package: making the listening socket (once), dialing a backend
-// given by host name (resolution), and connections of listeners that are not Listen's
-// (tests, wrappers): those run as before, through sockConn.
+// What stays with the net package: making the listening socket (once), resolving a backend's
+// host name (dialHost then connects here), and connections of listeners that are not
+// Listen's (tests, wrappers): those run as before, through sockConn.
 
 // fdConn is a TCP connection on a socket made here. Read and Write are those of sockConn
 // (RawSyscall inside the poller's wait); deadlines, Close and the waits are the *os.File's.
@@ -443,18 +443,91 @@ func (l *rawListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
+// dialBackend connects to a backend's address: an IP address and port (dialRaw), or a host
+// name and port (dialHost).
+func dialBackend(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	if c, ok, err := dialRaw(ctx, addr, timeout); ok {
+		return c, err
+	}
+	return dialHost(ctx, addr, timeout)
+}
+
 // dialRaw connects to addr, an IP address and port, with the options the proxy sets on
 // backend connections (TCP_NODELAY, keepAliveIdle), waiting in the poller for the handshake
 // until ctx ends or timeout passes. ok is false when addr is not an IP address and port (a
-// host name): the caller dials with the net package.
+// host name: see dialHost).
 func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Conn, ok bool, err error) {
 	ap, perr := netip.ParseAddrPort(addr)
 	if perr != nil {
 		return nil, false, nil
 	}
+	c, err = dialAddrPort(ctx, ap, timeout)
+	return c, true, err
+}
+
+// lookupNetIP resolves a backend's host name; tests replace it.
+var lookupNetIP = net.DefaultResolver.LookupNetIP
+
+// dialHost connects to addr, a host name and port. It resolves the name as net's dialer does
+// (net.DefaultResolver: /etc/hosts, DNS, per the system's configuration; once per dial, as
+// net does, with no cache) and connects to the addresses in the resolver's order (RFC 6724)
+// with dialAddrPort, each given an equal share of the time left but at least 2 s where that
+// much is left, as net's dialer shares it. Unlike net's dialer it does not race the second
+// address family after 300 ms (RFC 8305, Happy Eyeballs): the next address is tried when
+// one fails or its share runs out.
+//
+// Why not net.Dialer for host names: its system calls go through syscall.Syscall (see the
+// top of this file). With the bench's backend given as localhost instead of 127.0.0.1, the
+// runtime's sysmon took 13.5 % of the proxy's CPU in the logins benchmark against 3.2 %,
+// and the proxy's CPU per login was 832 µs against 705 µs in the same pair of runs (perf).
+func dialHost(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	host, service, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	deadline := time.Now().Add(timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	port, err := net.DefaultResolver.LookupPort(ctx, "tcp", service)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	ips, err := lookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	var first error
+	for i, ip := range ips {
+		left := time.Until(deadline)
+		share := left / time.Duration(len(ips)-i)
+		if share < 2*time.Second {
+			share = min(2*time.Second, left)
+		}
+		c, err := dialAddrPort(ctx, netip.AddrPortFrom(ip, uint16(port)), share)
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err // as net's dialer: the first address's error, the most telling
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if first == nil {
+		first = &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
+	}
+	return nil, first
+}
+
+// dialAddrPort connects to ap, as dialRaw.
+func dialAddrPort(ctx context.Context, ap netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	fail := func(err error) (net.Conn, bool, error) {
-		return nil, true, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	fail := func(err error) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
 	if err := ctx.Err(); err != nil {
 		return fail(err)
@@ -500,7 +573,7 @@ func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Con
 			return fail(err)
 		}
 	}
-	return fc, true, nil
+	return fc, nil
 }
 
 // waitConnected waits for a non-blocking connect to finish.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -144,7 +146,7 @@ func TestFdConnClose(t *testing.T) {
 }
 
 // dialRaw's errors are the net package's: a refused connection says ECONNREFUSED, a host
-// name is left to net (ok false), and the connect timeout and the context end the wait.
+// name is left to dialHost (ok false), and the connect timeout and the context end the wait.
 func TestDialRawErrors(t *testing.T) {
 	ln := tcpListener(t)
 	addr := ln.Addr().String()
@@ -153,7 +155,7 @@ func TestDialRawErrors(t *testing.T) {
 		t.Errorf("closed port: %v, %v; want ECONNREFUSED", ok, err)
 	}
 	if c, ok, err := dialRaw(context.Background(), "localhost:143", time.Minute); ok || c != nil || err != nil {
-		t.Errorf("host name: %v, %v, %v; want it left to net", c, ok, err)
+		t.Errorf("host name: %v, %v, %v; want it left to dialHost", c, ok, err)
 	}
 
 	full := fullListener(t)
@@ -255,4 +257,70 @@ func TestCloserFullBatch(t *testing.T) {
 		}
 	}
 	files[5].Close()
+}
+
+// A backend given by host name is resolved and dialed with raw system calls like an IP
+// address (an *fdConn). The addresses are tried in the resolver's order: one that refuses
+// gives way to the next; the first address's error is the one reported when all fail.
+func TestDialHost(t *testing.T) {
+	ln := tcpListener(t)
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	c, err := dialBackend(context.Background(), net.JoinHostPort("localhost", port), time.Minute)
+	if err != nil {
+		t.Fatalf("localhost: %v", err)
+	}
+	if _, ok := c.(*fdConn); !ok {
+		t.Errorf("localhost dialed as %T, want *fdConn", c)
+	}
+	accepted, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c, accepted)
+	c.Close()
+	accepted.Close()
+
+	// ln listens on 127.0.0.1 only: 127.0.0.2 refuses its port.
+	good, refusing := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	resolve := func(addrs ...netip.Addr) {
+		old := lookupNetIP
+		lookupNetIP = func(ctx context.Context, network, host string) ([]netip.Addr, error) {
+			if host != "imap.test" || network != "ip" {
+				t.Errorf("resolved %s %q, want ip imap.test", network, host)
+			}
+			return addrs, nil
+		}
+		t.Cleanup(func() { lookupNetIP = old })
+	}
+	resolve(refusing, good)
+	c, err = dialBackend(context.Background(), net.JoinHostPort("imap.test", port), time.Minute)
+	if err != nil {
+		t.Fatalf("second address: %v", err)
+	}
+	c.Close()
+	if a, err := ln.Accept(); err == nil {
+		a.Close()
+	}
+
+	resolve(refusing, refusing)
+	_, err = dialBackend(context.Background(), net.JoinHostPort("imap.test", port), time.Minute)
+	var oe *net.OpError
+	if !errors.Is(err, syscall.ECONNREFUSED) || !errors.As(err, &oe) || oe.Addr.String() != net.JoinHostPort("127.0.0.2", port) {
+		t.Errorf("every address refused: %v, want the first one's ECONNREFUSED", err)
+	}
+
+	resolve()
+	if _, err := dialBackend(context.Background(), net.JoinHostPort("imap.test", port), time.Minute); err == nil ||
+		!strings.Contains(err.Error(), "no suitable address") {
+		t.Errorf("no address: %v", err)
+	}
+}
+
+// A name that does not resolve fails the dial with the resolver's error.
+func TestDialHostNotFound(t *testing.T) {
+	_, err := dialBackend(context.Background(), "imap.invalid:143", 3*time.Second) // RFC 2606: never resolves; without a reachable DNS server, a timeout
+	var de *net.DNSError
+	if !errors.As(err, &de) {
+		t.Errorf("imap.invalid: %v, want a *net.DNSError", err)
+	}
 }

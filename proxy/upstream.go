@@ -79,13 +79,7 @@ func (u *upstream) nextTag() string {
 // dialUpstream connects to be, does TLS as configured, reads the greeting and learns the
 // capabilities. Errors are *backendUnavailableError or *backendProtocolError.
 func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duration) (*upstream, error) {
-	raw, ok, err := dialRaw(ctx, be.Address, timeout)
-	if !ok { // a host name: the net package resolves it
-		d := net.Dialer{Timeout: timeout, KeepAliveConfig: keepAlive}
-		if raw, err = d.DialContext(ctx, "tcp", be.Address); err == nil {
-			raw = newSockConn(raw)
-		}
-	}
+	raw, err := dialBackend(ctx, be.Address, timeout)
 	if err != nil {
 		return nil, &backendUnavailableError{addr: be.Address, err: err}
 	}
