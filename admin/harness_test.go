@@ -33,7 +33,7 @@ import (
 // after the last connection closed (proxy/sock.go).
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*batchCloser).run"),
-		goleak.IgnoreAnyFunction("github.com/imapgate/imapgate/proxy.(*workerPool).work")) // waiting workers (proxy/workers.go)
+		goleak.IgnoreTopFunction("github.com/imapgate/imapgate/proxy.(*workerPool).work")) // waiting workers (proxy/workers.go)
 }
 
 // testToken is the admin token of the end-to-end environment.

@@ -208,7 +208,7 @@ func benchSession(b *testing.B, addr string) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if l[0] == cmd[0] && l[1] == ' ' {
+				if strings.HasPrefix(l, cmd[:2]) { // the tag and its space
 					break
 				}
 			}

@@ -162,7 +162,8 @@ func (s *Server) handle(sess *session) {
 }
 
 // Close stops every listener passed to Serve and ends every session (clients before login get
-// BYE). It returns when all session goroutines have ended.
+// BYE). It returns when all sessions have ended; their goroutines, workers of a pool shared
+// by the process (workers.go), may wait up to a second more for another session.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true

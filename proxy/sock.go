@@ -465,60 +465,154 @@ func dialRaw(ctx context.Context, addr string, timeout time.Duration) (c net.Con
 	return c, true, err
 }
 
-// lookupNetIP resolves a backend's host name; tests replace it.
-var lookupNetIP = net.DefaultResolver.LookupNetIP
+// lookupNetIP resolves a backend's host name with net.DefaultResolver (read at each call);
+// tests replace it.
+var lookupNetIP = func(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, network, host)
+}
 
-// dialHost connects to addr, a host name and port. It resolves the name as net's dialer does
-// (net.DefaultResolver: /etc/hosts, DNS, per the system's configuration; once per dial, as
-// net does, with no cache) and connects to the addresses in the resolver's order (RFC 6724)
-// with dialAddrPort, each given an equal share of the time left but at least 2 s where that
-// much is left, as net's dialer shares it. Unlike net's dialer it does not race the second
-// address family after 300 ms (RFC 8305, Happy Eyeballs): the next address is tried when
-// one fails or its share runs out.
+// fallbackDelay is how long the addresses of the first family have before those of the
+// other family start too, as net's dialer waits (RFC 8305 section 5, Happy Eyeballs).
+const fallbackDelay = 300 * time.Millisecond
+
+// dialHost connects to addr, a host name and port, as net's dialer does (net/dial.go,
+// dialParallel and dialSerial): it resolves the name (net.DefaultResolver: /etc/hosts, DNS,
+// per the system's configuration; at each dial, with no cache), splits the addresses into
+// those of the first one's family and the others, and tries each list in order (RFC 6724,
+// the resolver's), each address with an equal share of the time left but at least 2 s where
+// that much is left; the other family's list starts after fallbackDelay, or at once when the
+// first list has failed. The first connection made wins; the first list's error is reported
+// when both fail. An empty host is the local system, as for net ("localhost" here).
 //
 // Why not net.Dialer for host names: its system calls go through syscall.Syscall (see the
-// top of this file). With the bench's backend given as localhost, the runtime's sysmon took
-// 13.5 % of the proxy's CPU in the logins benchmark through net.Dialer, 2.2 % dialed here
-// (3.2 % with 127.0.0.1), and the proxy's CPU per login fell from 636–771 µs to 494–496 µs.
+// top of this file). With the bench's backend given as localhost (from /etc/hosts, no DNS),
+// the runtime's sysmon took 13.5 % of the proxy's CPU in the logins benchmark through
+// net.Dialer and 2.2 % dialed here, and the proxy's CPU per login fell from 636–771 µs to
+// 494–496 µs. A name resolved by DNS saves less: the resolver's own UDP exchange goes
+// through net.
 func dialHost(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
 	host, service, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 	}
+	if host == "" {
+		host = "localhost"
+	}
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
+	// The lookups end at the deadline; the connects end there through their own timeouts,
+	// which report it as net's dialer does (os.ErrDeadlineExceeded, "i/o timeout").
+	lctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	port, err := net.DefaultResolver.LookupPort(ctx, "tcp", service)
+	port, err := net.DefaultResolver.LookupPort(lctx, "tcp", service)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 	}
-	ips, err := lookupNetIP(ctx, "ip", host)
+	ips, err := lookupNetIP(lctx, "ip", host)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 	}
+	if len(ips) == 0 {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
+	}
+	var primaries, fallbacks []netip.AddrPort
+	for _, ip := range ips {
+		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
+		if ap.Addr().Is4() == ips[0].Unmap().Is4() {
+			primaries = append(primaries, ap)
+		} else {
+			fallbacks = append(fallbacks, ap)
+		}
+	}
+	if len(fallbacks) == 0 {
+		return dialSerial(ctx, primaries, deadline)
+	}
+	return dialParallel(ctx, primaries, fallbacks, deadline)
+}
+
+// dialParallel races the two families' lists (dialHost). The loser's connection, if it
+// makes one, is closed.
+func dialParallel(ctx context.Context, primaries, fallbacks []netip.AddrPort, deadline time.Time) (net.Conn, error) {
+	type result struct {
+		c       net.Conn
+		err     error
+		primary bool
+	}
+	results := make(chan result) // unbuffered: a racer hands its connection over, or closes it
+	returned := make(chan struct{})
+	defer close(returned)
+	ctx, cancel := context.WithCancel(ctx) // ends the loser's connect
+	defer cancel()
+	race := func(aps []netip.AddrPort, primary bool) {
+		c, err := dialSerial(ctx, aps, deadline)
+		select {
+		case results <- result{c, err, primary}:
+		case <-returned:
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	go race(primaries, true)
+	fallback := time.NewTimer(fallbackDelay)
+	defer fallback.Stop()
+	var primaryErr, fallbackErr error
+	fallbackStarted := false
+	for {
+		select {
+		case <-fallback.C:
+			if !fallbackStarted {
+				fallbackStarted = true
+				go race(fallbacks, false)
+			}
+		case r := <-results:
+			if r.err == nil {
+				return r.c, nil
+			}
+			if r.primary {
+				primaryErr = r.err
+			} else {
+				fallbackErr = r.err
+			}
+			if primaryErr != nil && fallbackErr != nil {
+				return nil, primaryErr
+			}
+			if !fallbackStarted { // the first family failed early: the other goes now
+				fallbackStarted = true
+				go race(fallbacks, false)
+			}
+		}
+	}
+}
+
+// dialSerial tries aps in order until one connects (dialHost); the first error is reported
+// when none does, as net's dialer reports it (the first address's is the most telling).
+func dialSerial(ctx context.Context, aps []netip.AddrPort, deadline time.Time) (net.Conn, error) {
 	var first error
-	for i, ip := range ips {
+	for i, ap := range aps {
 		left := time.Until(deadline)
-		share := left / time.Duration(len(ips)-i)
+		if left <= 0 {
+			if first == nil {
+				first = &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.ErrDeadlineExceeded}
+			}
+			break
+		}
+		share := left / time.Duration(len(aps)-i)
 		if share < 2*time.Second {
 			share = min(2*time.Second, left)
 		}
-		c, err := dialAddrPort(ctx, netip.AddrPortFrom(ip, uint16(port)), share)
+		c, err := dialAddrPort(ctx, ap, share)
 		if err == nil {
 			return c, nil
 		}
 		if first == nil {
-			first = err // as net's dialer: the first address's error, the most telling
+			first = err
 		}
 		if ctx.Err() != nil {
 			break
 		}
-	}
-	if first == nil {
-		first = &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
 	}
 	return nil, first
 }

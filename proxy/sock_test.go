@@ -318,9 +318,71 @@ func TestDialHost(t *testing.T) {
 
 // A name that does not resolve fails the dial with the resolver's error.
 func TestDialHostNotFound(t *testing.T) {
-	_, err := dialBackend(context.Background(), "imap.invalid:143", 3*time.Second) // RFC 2606: never resolves; without a reachable DNS server, a timeout
+	_, err := dialBackend(context.Background(), "imap.invalid.:143", 3*time.Second) // RFC 2606: never resolves (rooted: no search domains); without a reachable DNS server, a timeout
 	var de *net.DNSError
 	if !errors.As(err, &de) {
 		t.Errorf("imap.invalid: %v, want a *net.DNSError", err)
+	}
+}
+
+// Happy Eyeballs (RFC 8305), as net's dialer: while the first family's address hangs (its
+// SYN dropped), the other family's starts after fallbackDelay and wins; a first family that
+// fails at once gives way at once; when both fail, the first family's error is reported.
+func TestDialParallel(t *testing.T) {
+	ln := tcpListener(t)
+	good := netip.MustParseAddrPort(ln.Addr().String())
+	hanging := netip.MustParseAddrPort(fullListener(t))
+	deadline := time.Now().Add(time.Minute)
+	accept := func() {
+		t.Helper()
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Close()
+	}
+
+	c, err := dialParallel(context.Background(), []netip.AddrPort{hanging}, []netip.AddrPort{good}, deadline)
+	if err != nil || c.RemoteAddr().String() != good.String() {
+		t.Fatalf("first family hanging: %v, %v; want the fallback %s", c, err, good)
+	}
+	c.Close()
+	accept()
+
+	ln2 := tcpListener(t)
+	refused := netip.MustParseAddrPort(ln2.Addr().String())
+	ln2.Close()
+	c, err = dialParallel(context.Background(), []netip.AddrPort{refused}, []netip.AddrPort{good}, deadline)
+	if err != nil || c.RemoteAddr().String() != good.String() {
+		t.Fatalf("first family refused: %v, %v; want the fallback %s", c, err, good)
+	}
+	c.Close()
+	accept()
+
+	other := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), refused.Port())
+	_, err = dialParallel(context.Background(), []netip.AddrPort{refused}, []netip.AddrPort{other}, deadline)
+	var oe *net.OpError
+	if !errors.Is(err, syscall.ECONNREFUSED) || !errors.As(err, &oe) || oe.Addr.String() != refused.String() {
+		t.Errorf("both refused: %v, want the first family's ECONNREFUSED from %s", err, refused)
+	}
+}
+
+// dialHost splits the resolver's answer by family: with ::1 first, 127.0.0.1 is the fallback,
+// whether or not the machine has IPv6 loopback.
+func TestDialHostTwoFamilies(t *testing.T) {
+	ln := tcpListener(t)
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	old := lookupNetIP
+	lookupNetIP = func(ctx context.Context, network, host string) ([]netip.Addr, error) {
+		return []netip.Addr{netip.MustParseAddr("::1"), netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	t.Cleanup(func() { lookupNetIP = old })
+	c, err := dialBackend(context.Background(), net.JoinHostPort("imap.test", port), time.Minute)
+	if err != nil {
+		t.Fatalf("::1 then 127.0.0.1: %v", err)
+	}
+	defer c.Close()
+	if c.RemoteAddr().String() != ln.Addr().String() {
+		t.Errorf("connected to %v, want %v", c.RemoteAddr(), ln.Addr())
 	}
 }

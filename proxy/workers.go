@@ -9,8 +9,10 @@ import (
 // grows it by copying, each copy an unwinding of the whole stack. A session's goroutine
 // needs about 8 KiB up to login, two copies per login: the session goroutines therefore run
 // on workers, and a worker that has finished one session runs the next on the stack it has
-// grown. In `go test -bench Session/proxy -cpuprofile` the proxy's goroutines spent 26 µs
-// per session in runtime.newstack before, 11 µs after (what is left is the flows').
+// grown. A collection may halve the stack of a waiting worker (it uses little of it then),
+// so a worker grows again once after a collection, not once per session. In
+// `go test -bench Session/proxy -cpuprofile` the proxy's goroutines spent 26 µs per session
+// in runtime.newstack before, 11 µs after (what is left is the flows').
 //
 // The flows' goroutines (splice.go) are not pooled. They would run on stacks grown for
 // something else and wait on them until they go dormant, and with them pooled 2 000 idle
@@ -30,7 +32,7 @@ type workerPool struct {
 	// idleFor is how long a worker waits for its next task before it ends.
 	idleFor time.Duration
 	// maxIdle bounds the workers waiting at once. Past it a worker ends when its task does:
-	// after a burst of logins the waiting workers' stacks are at most maxIdle × 8 KiB.
+	// after a burst of logins at most maxIdle stacks wait.
 	maxIdle int32
 
 	ended func() // if set (by tests), called as a worker's goroutine ends
@@ -42,8 +44,8 @@ func newWorkerPool(idleFor time.Duration, maxIdle int32) *workerPool {
 
 // sessionWorkers runs the session goroutines of every Server of the process. 32 waiting
 // workers are enough for a steady login rate on a machine of a few cores (a session needs a
-// waiting worker only while another one ends), and bound what waiting workers hold to
-// 256 KiB of stacks.
+// waiting worker only while another one ends), and bound what waiting workers hold: 256 KiB
+// of stacks after plain logins.
 var sessionWorkers = newWorkerPool(time.Second, 32)
 
 // goRun runs f on a waiting worker, or on a new goroutine if none waits. It never blocks.

@@ -14,7 +14,7 @@ func goid() string {
 	return string(bytes.Fields(buf)[1])
 }
 
-// waitIdle waits (bounded) until n workers of p wait for a task.
+// waitIdle waits (bounded) until p counts n idle workers: waiting for a task, or about to.
 func waitIdle(t *testing.T, p *workerPool, n int32) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -32,8 +32,20 @@ func TestWorkerPoolReusesGoroutine(t *testing.T) {
 	ids := make(chan string, 1)
 	p.goRun(func() { ids <- goid() })
 	first := <-ids
-	waitIdle(t, p, 1)
-	p.goRun(func() { ids <- goid() })
+	// Hand the second task to the waiting worker as goRun does, once it receives (it counts
+	// itself idle just before).
+	deadline := time.Now().Add(10 * time.Second)
+	for handed := false; !handed; {
+		select {
+		case p.tasks <- func() { ids <- goid() }:
+			handed = true
+		default:
+			if time.Now().After(deadline) {
+				t.Fatal("the first task's worker never waited for another")
+			}
+			runtime.Gosched()
+		}
+	}
 	if second := <-ids; second != first {
 		t.Errorf("second task ran on goroutine %s, want the first's (%s)", second, first)
 	}
