@@ -488,7 +488,7 @@ const fallbackDelay = 300 * time.Millisecond
 // top of this file). With the bench's backend given as localhost (from /etc/hosts, no DNS),
 // the runtime's sysmon took 13.5 % of the proxy's CPU in the logins benchmark through
 // net.Dialer and 2.2–2.8 % dialed here, and the proxy's CPU per login went from a median of
-// 670 µs to 540 µs (README, "Performance"). A name resolved by DNS saves less: the
+// 670 µs to 540 µs (README, "How a session goes"). A name resolved by DNS saves less: the
 // resolver's own UDP exchange goes through net.
 func dialHost(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
 	host, service, err := net.SplitHostPort(addr)
