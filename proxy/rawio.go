@@ -352,8 +352,9 @@ func spliceOut(dst syscall.RawConn, p *pipe, n int) error {
 // sockConn is a TCP connection whose Read and Write make their system calls through
 // RawSyscall and wait in the runtime's poller, as the splice does; everything else (deadlines,
 // which apply to these waits too, Close, CloseWrite, addresses) is the *net.TCPConn's. It
-// wraps the connections the net package made: those of a listener that is not Listen's, and
-// backends dialed by host name (fdConn, sock.go, is the same for the sockets made there).
+// wraps the connections the net package made, those of a listener that is not Listen's
+// (fdConn, sock.go, is the same for the sockets made there: accepted by Listen's listener,
+// dialed to a backend).
 // With net.Conn's own Read and Write every call entered the scheduler's system call path,
 // and on this kind of machine the runtime's sysmon then spent a seventh of the proxy's CPU
 // in the logins benchmark, waking every 20 µs to retake Ps from system calls that were

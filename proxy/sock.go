@@ -498,10 +498,7 @@ func dialHost(ctx context.Context, addr string, timeout time.Duration) (net.Conn
 	if host == "" {
 		host = "localhost"
 	}
-	deadline := time.Now().Add(timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
+	deadline := timeoutDeadline(ctx, timeout)
 	// The lookups end at the deadline; the connects end there through their own timeouts,
 	// which report it as net's dialer does (os.ErrDeadlineExceeded, "i/o timeout").
 	lctx, cancel := context.WithDeadline(ctx, deadline)
@@ -518,9 +515,10 @@ func dialHost(ctx context.Context, addr string, timeout time.Duration) (net.Conn
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: &net.AddrError{Err: "no suitable address found", Addr: host}}
 	}
 	var primaries, fallbacks []netip.AddrPort
+	first4 := ips[0].Unmap().Is4()
 	for _, ip := range ips {
 		ap := netip.AddrPortFrom(ip.Unmap(), uint16(port))
-		if ap.Addr().Is4() == ips[0].Unmap().Is4() {
+		if ap.Addr().Is4() == first4 {
 			primaries = append(primaries, ap)
 		} else {
 			fallbacks = append(fallbacks, ap)
@@ -670,13 +668,18 @@ func dialAddrPort(ctx context.Context, ap netip.AddrPort, timeout time.Duration)
 	return fc, nil
 }
 
-// waitConnected waits for a non-blocking connect to finish.
-func (c *fdConn) waitConnected(ctx context.Context, timeout time.Duration) error {
+// timeoutDeadline is when a wait of at most timeout must end, or ctx's deadline if sooner.
+func timeoutDeadline(ctx context.Context, timeout time.Duration) time.Time {
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
+		return dl
 	}
-	_ = c.f.SetWriteDeadline(deadline)
+	return deadline
+}
+
+// waitConnected waits for a non-blocking connect to finish.
+func (c *fdConn) waitConnected(ctx context.Context, timeout time.Duration) error {
+	_ = c.f.SetWriteDeadline(timeoutDeadline(ctx, timeout))
 	stop := context.AfterFunc(ctx, func() { _ = c.f.SetWriteDeadline(time.Unix(1, 0)) })
 	var cerr error
 	err := c.rc.Write(func(fd uintptr) bool {

@@ -84,11 +84,7 @@ func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duratio
 		return nil, &backendUnavailableError{addr: be.Address, err: err}
 	}
 	u := &upstream{backend: be, raw: raw, conn: raw}
-	deadline := time.Now().Add(timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = raw.SetDeadline(deadline)
+	_ = raw.SetDeadline(timeoutDeadline(ctx, timeout))
 	if err := u.start(ctx); err != nil {
 		raw.Close()
 		u.releaseReader()
