@@ -158,6 +158,7 @@ func benchNoop(b *testing.B, addr string) {
 			break
 		}
 	}
+	b.ReportAllocs()
 	for b.Loop() {
 		c.Write([]byte("n NOOP\r\n"))
 		for {

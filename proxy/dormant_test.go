@@ -255,7 +255,7 @@ func flowWaitsToWrite() bool {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "proxy.(*flow).run(") && strings.Contains(g, "proxy.writeAll(") &&
+		if strings.Contains(g, "proxy.(*flow).run(") && strings.Contains(g, "proxy.(*rawWriter).write(") &&
 			strings.Contains(g, "runtime_pollWait") {
 			return true
 		}

@@ -82,28 +82,53 @@ func readNonblock(fd uintptr, b []byte) (int, error) {
 }
 
 // writeAll writes b to the socket, parking in the poller while its send buffer is full.
-// Write deadlines apply (kick's BYE sets one).
+// Write deadlines apply (kick's BYE sets one). For one-off writes; a flow writes through its
+// own rawWriter.
 func writeAll(rc syscall.RawConn, b []byte) error {
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for len(b) > 0 {
-			n, e := sysWrite(fd, b)
-			switch e {
-			case 0:
-				b = b[n:]
-			case syscall.EAGAIN:
-				return false
-			default:
-				werr = os.NewSyscallError("write", e)
-				return true
-			}
-		}
-		return true
-	})
+	var w rawWriter
+	return w.write(rc, b)
+}
+
+// rawWriter writes whole buffers to sockets through their RawConn, as writeAll. Its callback
+// is bound once, so a write allocates nothing: a closure passed to RawConn.Write is moved to
+// the heap with the variables it captures, three allocations per write. Not for concurrent
+// use: each flow has its own.
+type rawWriter struct {
+	b   []byte
+	err error
+	fn  func(fd uintptr) bool // w.writeSome, bound on the first write
+}
+
+func (w *rawWriter) write(rc syscall.RawConn, b []byte) error {
+	if w.fn == nil {
+		w.fn = w.writeSome
+	}
+	w.b, w.err = b, nil
+	err := rc.Write(w.fn)
+	werr := w.err
+	w.b, w.err = nil, nil
 	if err != nil {
 		return err
 	}
 	return werr
+}
+
+// writeSome is the RawConn.Write callback: it writes until w.b is gone, or asks to wait
+// until the socket is writable again (false).
+func (w *rawWriter) writeSome(fd uintptr) bool {
+	for len(w.b) > 0 {
+		n, e := sysWrite(fd, w.b)
+		switch e {
+		case 0:
+			w.b = w.b[n:]
+		case syscall.EAGAIN:
+			return false
+		default:
+			w.err = os.NewSyscallError("write", e)
+			return true
+		}
+	}
+	return true
 }
 
 // nbConn is the TCP connection under a *tls.Conn. Until nonblocking is set it behaves as

@@ -154,7 +154,7 @@ func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.In
 	s := sp.s
 	f := &flow{sp: sp, dst: dst, src: src, srcRaw: srcRaw, from: from,
 		shard: uint8(flowShards.Add(1) % runShards)}
-	f.acc = accounting{count: n, m: s.srv.metrics, dir: metricDir[from], busy: &f.busy}
+	f.acc = accounting{count: n, m: s.srv.metrics, dir: metricDir[from], busy: &f.busy, w: new(rawWriter)}
 	if obs := s.observer; obs != nil {
 		acc := &f.acc
 		acc.tap = obs.fromClient
@@ -310,6 +310,7 @@ type accounting struct {
 	tap   func([]byte) // nil without the observer; must not modify or keep its argument
 	wmu   *sync.Mutex  // if set, held around tap and write (kick's BYE takes it too)
 	busy  *atomic.Bool // if set, marked for every chunk moved, for the sweeper
+	w     *rawWriter   // writes to a plain socket; the flow's own (nil: writeAll)
 }
 
 // moved marks the flow busy for the sweeper.
@@ -337,7 +338,10 @@ func (a accounting) write(dst *endpoint, b []byte, release func()) error {
 		_, err := dst.conn.Write(b)
 		return err
 	}
-	return writeAll(dst.rc, b)
+	if a.w == nil {
+		return writeAll(dst.rc, b)
+	}
+	return a.w.write(dst.rc, b)
 }
 
 func (a accounting) add(n int) {
@@ -352,7 +356,9 @@ func (a accounting) add(n int) {
 // pump moves what src sends to dst through a pooled buffer until EOF (false, nil), an error,
 // or (with canSplice) a read that fills the buffer (true, nil). Each read is made inside a
 // RawConn.Read callback on src; when it says EAGAIN the buffer goes back to the pool and the
-// goroutine parks in the poller, holding nothing.
+// goroutine parks in the poller, holding nothing. The callback (pumpReader.read) and the
+// write's (the flow's rawWriter) are bound once, so a message between plain sockets
+// allocates nothing (TestCopyConnAllocatesNothingPerMessage).
 //
 // The write to dst happens outside the callback: a callback holds a reference on src, and
 // closing src waits for every reference, so a write parked on a full dst inside it would make
@@ -364,66 +370,34 @@ func (a accounting) add(n int) {
 // measured, skipping it did not change the proxy's CPU per NOOP round trip (50.5 vs 51.2 µs).
 // Under crypto/tls, nbConn reads the socket inside the same callback.
 func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bulk bool, err error) {
-	var bp *[]byte
-	pool := copyBufPool // where bp comes from: bulkBufPool during a burst to a TLS side
+	r := &pumpReader{src: src, pool: copyBufPool}
 	defer func() {
-		if bp != nil {
-			pool.put(bp)
+		if r.bp != nil {
+			r.pool.put(r.bp)
 		}
 	}()
 	// A gathered write calls release once its records are made, before they leave: a TLS
 	// client that reads slowly then parks the copy holding the records only, not the bulk
 	// buffer too (TestGatherFlushHoldsNoCopyBuffer).
 	release := func() {
-		pool.put(bp)
-		bp = nil
+		r.pool.put(r.bp)
+		r.bp = nil
 	}
+	read := r.read // bound once: nothing is allocated per message
 	// A burst towards a TLS side, or from one to a plain side, goes on with a bulk buffer.
 	// (Between two TLS sides the records go one by one.)
 	bulkBurst := dst.gathers() && !src.tls || src.tls && !dst.tls
 	for {
-		var (
-			n int
-			e error
-		)
-		rerr := src.rc.Read(func(fd uintptr) bool {
-			if src.nb != nil {
-				src.nb.enter(fd)
-				defer src.nb.leave()
-			}
-			if bp == nil {
-				bp = pool.get()
-			}
-			if src.tls {
-				n, e = src.conn.Read(*bp) // crypto/tls over nbConn: decrypts buffered records first
-				// crypto/tls returns one record per Read: in a burst (the bulk buffer) read on
-				// while records are there, so that one write carries up to four.
-				for pool == bulkBufPool && e == nil && n > 0 && n < len(*bp) {
-					m, e2 := src.conn.Read((*bp)[n:])
-					n += m
-					if e2 == errWouldBlock || m == 0 {
-						break
-					}
-					e = e2 // EOF or an error after data: the data goes first
-				}
-			} else {
-				n, e = readNonblock(fd, *bp)
-			}
-			if n == 0 && e == errWouldBlock {
-				pool.put(bp)
-				bp, pool = nil, copyBufPool
-				return false // park until readable
-			}
-			return true
-		})
-		if rerr != nil {
+		r.n, r.e = 0, nil
+		if rerr := src.rc.Read(read); rerr != nil {
 			return false, rerr
 		}
+		n, e := r.n, r.e
 		full := false
 		if n > 0 {
 			acc.moved()
-			full = n == len(*bp)
-			if err := acc.write(dst, (*bp)[:n], release); err != nil {
+			full = n == len(*r.bp)
+			if err := acc.write(dst, (*r.bp)[:n], release); err != nil {
 				return false, err
 			}
 			*total += int64(n)
@@ -436,12 +410,56 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 			return false, e
 		case e == nil && canSplice && full:
 			return true, nil
-		case e == nil && bulkBurst && pool == copyBufPool && full:
-			// A small buffer is never gathered, so never released: bp is still here.
-			copyBufPool.put(bp)
-			bp, pool = nil, bulkBufPool
+		case e == nil && bulkBurst && r.pool == copyBufPool && full:
+			// A small buffer is never gathered, so never released: r.bp is still here.
+			copyBufPool.put(r.bp)
+			r.bp, r.pool = nil, bulkBufPool
 		}
 	}
+}
+
+// pumpReader is pump's read, made in src's RawConn.Read callback: a buffer from pool (into
+// bp) only when the socket has bytes, and what the read gave (n, e).
+type pumpReader struct {
+	src  *endpoint
+	bp   *[]byte
+	pool *bufPool // where bp comes from: bulkBufPool during a burst to a TLS side
+	n    int
+	e    error
+}
+
+// read is the callback: false (park until readable) when the socket is empty, with the
+// buffer back in the pool.
+func (r *pumpReader) read(fd uintptr) bool {
+	src := r.src
+	if src.nb != nil {
+		src.nb.enter(fd)
+		defer src.nb.leave()
+	}
+	if r.bp == nil {
+		r.bp = r.pool.get()
+	}
+	if src.tls {
+		r.n, r.e = src.conn.Read(*r.bp) // crypto/tls over nbConn: decrypts buffered records first
+		// crypto/tls returns one record per Read: in a burst (the bulk buffer) read on
+		// while records are there, so that one write carries up to four.
+		for r.pool == bulkBufPool && r.e == nil && r.n > 0 && r.n < len(*r.bp) {
+			m, e2 := src.conn.Read((*r.bp)[r.n:])
+			r.n += m
+			if e2 == errWouldBlock || m == 0 {
+				break
+			}
+			r.e = e2 // EOF or an error after data: the data goes first
+		}
+	} else {
+		r.n, r.e = readNonblock(fd, *r.bp)
+	}
+	if r.n == 0 && r.e == errWouldBlock {
+		r.pool.put(r.bp)
+		r.bp, r.pool = nil, copyBufPool
+		return false // park until readable
+	}
+	return true
 }
 
 // spliceBurst moves the rest of a bulk burst from src to dst with splice(2) through a pipe
