@@ -151,6 +151,7 @@ func runBenchRelay(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := flag.NewFlagSet("bench-relay", flag.ContinueOnError)
 	listen := fs.String("listen", "", "`address` to accept clients on")
 	to := fs.String("to", "", "backend `address` to relay each client to")
+	loop := fs.Bool("loop", false, "relay with event loops (the relay-loop target; Linux)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -161,6 +162,9 @@ func runBenchRelay(ctx context.Context, args []string, stdout, stderr io.Writer)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
+	}
+	if *loop {
+		return bench.RunLoopRelay(ctx, ln.(*net.TCPListener), *to)
 	}
 	return bench.RunRelay(ctx, ln, *to)
 }

@@ -582,6 +582,8 @@ func describePeers(targets []string, o *Options) []string {
 			}
 			out = append(out, fmt.Sprintf("imapgate: `imapgate serve` child process, %s, %s, JSON logs at info (written every 100 ms)%s",
 				runtime.Version(), rt, fwd))
+		case RelayLoop:
+			out = append(out, "relay-loop: the same relay as event loops, one per core (epoll of its own, raw system calls, no goroutine per connection): what that design would save")
 		case Relay:
 			out = append(out, "relay: a bare byte relay (`imapgate bench-relay` child process): a goroutine per direction, read(2)/write(2) through a 16 KiB buffer; no IMAP, no login, no TLS, no logs: what one more user-space hop written the plain Go way costs here")
 		case DovecotProxy:

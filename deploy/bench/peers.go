@@ -26,6 +26,7 @@ import (
 const (
 	Direct          = "direct"
 	Relay           = "relay"
+	RelayLoop       = "relay-loop"
 	Imapgate        = "imapgate"
 	ImapgateTLS     = "imapgate-tls"
 	DovecotProxy    = "dovecot-proxy"
@@ -35,7 +36,7 @@ const (
 )
 
 // AllTargets are the targets a run compares by default.
-var AllTargets = []string{Direct, Relay, Imapgate, ImapgateTLS, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
+var AllTargets = []string{Direct, Relay, RelayLoop, Imapgate, ImapgateTLS, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
 
 // isTLS reports whether the load generator reaches target with implicit TLS.
 func isTLS(target string) bool { return strings.HasSuffix(target, "-tls") }
@@ -283,7 +284,7 @@ func available(target string, o *Options) string {
 			return "unknown target"
 		}
 		return ""
-	case Imapgate, Relay: // the relay is `imapgate bench-relay`
+	case Imapgate, Relay, RelayLoop: // the relays are `imapgate bench-relay`
 		if o.Imapgate.Path == "" {
 			return "no imapgate command given"
 		}
@@ -314,7 +315,9 @@ func (e *peerEnv) start(ctx context.Context, target string) (*running, error) {
 	case Imapgate:
 		return e.startImapgate(ctx, isTLS(target))
 	case Relay:
-		return e.startRelay(ctx)
+		return e.startRelay(ctx, false)
+	case RelayLoop:
+		return e.startRelay(ctx, true)
 	case DovecotProxy:
 		return e.startDovecotProxy(ctx, isTLS(target))
 	case Nginx:
@@ -350,10 +353,14 @@ func (e *peerEnv) startImapgate(ctx context.Context, useTLS bool) (*running, err
 	})
 }
 
-// startRelay runs the bare byte relay (relay.go) as `imapgate bench-relay` in front of the
-// backend.
-func (e *peerEnv) startRelay(ctx context.Context) (*running, error) {
+// startRelay runs the bare byte relay (relay.go, or with loop relayloop_linux.go) as
+// `imapgate bench-relay` in front of the backend.
+func (e *peerEnv) startRelay(ctx context.Context, loop bool) (*running, error) {
 	dir := filepath.Join(e.dir, fmt.Sprintf("relay-%d", e.seq))
+	args := []string{"bench-relay", "-to", e.backend.addr}
+	if loop {
+		args = append(args, "-loop")
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -361,7 +368,7 @@ func (e *peerEnv) startRelay(ctx context.Context) (*running, error) {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 		c := e.opts.Imapgate
 		return startChild(ctx, childSpec{
-			name: "relay", path: c.Path, args: []string{"bench-relay", "-listen", addr, "-to", e.backend.addr},
+			name: "relay", path: c.Path, args: append(args, "-listen", addr),
 			env: c.Env, dir: dir, logPath: filepath.Join(dir, "relay.log"), addr: addr,
 		})
 	})

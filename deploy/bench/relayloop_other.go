@@ -1,0 +1,15 @@
+//go:build !linux
+
+package bench
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// RunLoopRelay needs Linux (epoll).
+func RunLoopRelay(ctx context.Context, ln *net.TCPListener, to string) error {
+	ln.Close()
+	return errors.ErrUnsupported
+}
