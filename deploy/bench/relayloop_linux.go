@@ -270,26 +270,35 @@ func (l *relayLoop) readFrom(c *loopConn) {
 	}
 }
 
-// send writes b to c, keeping what the socket does not take in c.pend.
-func (l *relayLoop) send(c *loopConn, b []byte) {
-	for len(b) > 0 && !c.connecting && !c.closed {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+// write writes what of b the socket takes now: n bytes, and ok false after an error (the
+// pair is closed then).
+func (l *relayLoop) write(c *loopConn, b []byte) (n int, ok bool) {
+	for n < len(b) {
+		m, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
 		switch e {
 		case 0:
-			b = b[n:]
-			continue
+			n += int(m)
 		case syscall.EINTR:
-			continue
 		case syscall.EAGAIN:
+			return n, true
 		default:
 			l.closePair(c)
+			return n, false
+		}
+	}
+	return n, true
+}
+
+// send writes b to c (pend is empty), keeping what the socket does not take in c.pend.
+func (l *relayLoop) send(c *loopConn, b []byte) {
+	n := 0
+	if !c.connecting {
+		var ok bool
+		if n, ok = l.write(c, b); !ok {
 			return
 		}
-		break
 	}
-	if len(b) > 0 && !c.closed {
-		c.pend = append(c.pend, b...)
-	}
+	c.pend = append(c.pend, b[n:]...)
 }
 
 // flush writes c.pend, then passes on a pending half-close.
@@ -297,14 +306,12 @@ func (l *relayLoop) flush(c *loopConn) {
 	if c.connecting || c.closed {
 		return
 	}
-	pend := c.pend
-	c.pend = nil
-	l.send(c, pend)
-	if c.closed || len(c.pend) > 0 {
+	n, ok := l.write(c, c.pend)
+	if !ok {
 		return
 	}
-	c.pend = pend[:0]
-	if c.shutPend {
+	c.pend = c.pend[:copy(c.pend, c.pend[n:])]
+	if len(c.pend) == 0 && c.shutPend {
 		c.shutPend = false
 		syscall.RawSyscall(syscall.SYS_SHUTDOWN, uintptr(c.fd), syscall.SHUT_WR, 0)
 		l.maybeDone(c.peer)
