@@ -60,8 +60,10 @@ type Options struct {
 	// Metrics receives counts and timings of the data path. Nil means none are kept.
 	Metrics Metrics
 	// DormantAfter is how long one direction of a logged-in session may be silent before
-	// its goroutine ends and the server's shared poller waits for it instead (dormant.go):
-	// an idle session then holds no goroutine stack. Zero means 2 s; negative, never.
+	// its goroutine ends and the server's dormancy loops wait for it instead (dormant.go):
+	// an idle session then holds no goroutine stack. Zero means 2 s; negative, never, and
+	// then plain sessions are not copied by the loops either (inline.go): every direction
+	// keeps a goroutine.
 	DormantAfter time.Duration
 }
 
@@ -91,8 +93,9 @@ type Metrics interface {
 	Command(name string, d time.Duration)
 	// Idle reports a session entering (+1) or leaving (-1) IDLE.
 	Idle(delta int)
-	// Dormant reports a direction of a logged-in session going dormant (+1: its goroutine
-	// ended, the shared poller waits for it) or waking (-1).
+	// Dormant reports a direction of a logged-in session going dormant (+1: it holds no
+	// goroutine, a dormancy loop waits for it) or waking (-1: a goroutine runs it, or it
+	// ended). Plain directions are dormant between bursts (inline.go).
 	Dormant(delta int)
 }
 

@@ -23,9 +23,12 @@
 //	            bulk bursts to a TLS side with their records gathered into one write
 //	rawio.go    the system calls under it: non-blocking reads and writes through
 //	            RawSyscall, waits in the runtime's poller, pooled pipes, TLS without blocking
-//	dormant.go  a flow silent for Options.DormantAfter hands its wait to a shared epoll
-//	            poller and its goroutine ends: an idle session holds no goroutine; a sweeper
-//	            finds quiet flows in its own registry of running ones, never under Server.mu
+//	dormant.go  the dormancy loops (an epoll instance and a goroutine per core): a flow
+//	            silent for Options.DormantAfter hands its wait to one and its goroutine ends,
+//	            so an idle session holds no goroutine; a sweeper finds quiet flows in its own
+//	            registry of running ones, never under Server.mu
+//	inline.go   between plain sockets the loops copy the messages themselves: a flow has a
+//	            goroutine only while bulk data moves or its destination is full
 //	keepalive.go TCP keepalive: once on the listening socket (inherited), per backend dial
 //	observe.go  the optional traffic observer (commands, IDLE, timings) on the copied bytes
 //
@@ -41,8 +44,9 @@
 // Connection ownership: a Server owns every connection it accepts. Until the handoff the
 // session goroutine that serves it owns it and the backend connection it dialed. From the
 // handoff the splice owns both: it closes them when a flow ends with an error or at the
-// backend's EOF, or when both flows have ended; a dormant flow is owned by the dormancy
-// poller until it hands it a new goroutine. Other goroutines
+// backend's EOF, or when both flows have ended; a dormant flow is owned by nobody until a
+// dormancy loop takes it on an event (to copy it inline, or to hand it a new goroutine) or
+// the session's close wakes it (flow.state settles who, inline.go). Other goroutines
 // (Server.Close, Kick) only interrupt a session: before login it answers BYE, after login
 // both connections are closed and dormant flows are woken to see it.
 package proxy

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -17,11 +18,12 @@ import (
 // while its source is silent, and a parked goroutine keeps its stack: 4 KiB or more, so two
 // per session were most of an idle session's memory (the idle benchmark measured 8 of
 // 19 KiB). IMAP fleets are mostly sessions in IDLE that stay silent for minutes, so after
-// DormantAfter without bytes a flow hands its wait to the server's dormancy poller and its
-// goroutine ends. The poller is an epoll instance of the proxy's own holding the sources of
-// dormant flows (EPOLLONESHOT), watched by one goroutine through the runtime's poller (an
-// epoll descriptor is itself pollable). When bytes, an EOF or an error arrive, it starts a
-// new goroutine for the flow, which reads them as if it had never left.
+// DormantAfter without bytes a flow hands its wait to the server's dormancy loops and its
+// goroutine ends. The dormancy loops, one per core, are epoll instances of the proxy's own
+// holding the sources of dormant flows (EPOLLONESHOT; inline flows, inline.go, stay
+// registered edge-triggered), each watched by one goroutine through the runtime's poller (an
+// epoll descriptor is itself pollable). When bytes, an EOF or an error arrive, the loop
+// starts a new goroutine for the flow, which reads them as if it had never left.
 //
 // How a flow goes dormant: a sweeper goroutine looks at every running flow (a registry of
 // its own, sharded: it never takes the server's lock) each DormantAfter/2. A flow that
@@ -34,11 +36,12 @@ import (
 // is not a socket (a wrapping listener's connections) never go dormant.
 //
 // Races are settled by a compare-and-swap on flow.state: whoever moves a flow from dormant
-// to running (the poller on an event, or closeAll when the session ends) starts its
+// to running (a loop on an event, or closeAll when the session ends) starts its
 // goroutine, exactly once. A flow takes its table entry before its state says dormant (only
 // its own goroutine can touch it then), and checks spliceState.closed again after arming, so
 // a close that came in between is not missed; an ended flow is marked forgotten and never
-// armed again. If the poller's goroutine fails, it wakes every dormant flow and dormancy stops.
+// armed again. If a loop's goroutine fails, it wakes every dormant flow of that loop, and the
+// loop takes no more.
 //
 // Linux only, as the splice path is: EPOLLONESHOT and nested epoll.
 
@@ -56,17 +59,14 @@ func (s *Server) dormantAfter() time.Duration {
 // a flow of one test's proxy may still be going dormant while the next test sets it.
 var testHookDormant atomic.Pointer[func(*flow)]
 
-// dormancy is the server's poller for dormant flows. A nil *dormancy keeps every flow
-// running.
+// dormancy is the server's pollers for dormant flows, and the registry of running ones for
+// the sweeper. A nil *dormancy keeps every flow running.
 type dormancy struct {
-	file *os.File // the epoll instance, in the runtime's poller
-	rc   syscall.RawConn
-	epfd int // file's descriptor (File.Fd would make it blocking); used under mu, while open
-
-	mu     sync.Mutex
-	flows  map[uint64]*flow // dormant or once dormant flows of live sessions, by id
-	nextID uint64
-	closed bool
+	// loops are the epoll instances, one per core (GOMAXPROCS when the server started),
+	// each waited on by a goroutine of its own: the inline copies (inline.go) of a busy
+	// proxy are spread over the cores. A flow stays with the loop it was first given.
+	loops []*pollLoop
+	next  atomic.Uint32 // round robin over loops
 
 	// runningFlows is the registry of running flows, for the sweeper: a dormant flow needs no look.
 	runningFlows [runShards]runShard
@@ -76,9 +76,39 @@ type dormancy struct {
 	metrics Metrics
 }
 
+// pollLoop is one epoll instance of the dormancy and the goroutine that waits on it.
+type pollLoop struct {
+	d    *dormancy
+	file *os.File // the epoll instance, in the runtime's poller
+	rc   syscall.RawConn
+	epfd int // file's descriptor (File.Fd would make it blocking); used under mu, while open
+
+	mu     sync.Mutex
+	flows  map[uint64]*flow // dormant or once dormant flows of live sessions, by id
+	nextID uint64
+	closed bool
+
+	stopped atomic.Bool // closed or failed: its inline flows park in the runtime's poller
+	bp      *[]byte     // the buffer of inline copies (inline.go); the loop goroutine's only
+	cp      inlineCopy  // the inline copy being made; the loop goroutine's only
+}
+
 var errDormancyClosed = errors.New("dormancy poller closed")
 
 func newDormancy(m Metrics) (*dormancy, error) {
+	d := newDormancyOn(m)
+	for range runtime.GOMAXPROCS(0) {
+		l, err := newPollLoop(d)
+		if err != nil {
+			d.close()
+			return nil, err
+		}
+		d.loops = append(d.loops, l)
+	}
+	return d, nil
+}
+
+func newPollLoop(d *dormancy) (*pollLoop, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -93,16 +123,25 @@ func newDormancy(m Metrics) (*dormancy, error) {
 		f.Close()
 		return nil, err
 	}
-	return newDormancyOn(f, rc, fd, m), nil
+	l := &pollLoop{d: d, file: f, rc: rc, epfd: fd, flows: make(map[uint64]*flow)}
+	l.cp.readFn, l.cp.writeFn = l.cp.read, l.cp.write
+	return l, nil
 }
 
-// newDormancyOn is a dormancy around an epoll instance already made (file nil in tests).
-func newDormancyOn(f *os.File, rc syscall.RawConn, fd int, m Metrics) *dormancy {
-	d := &dormancy{file: f, rc: rc, epfd: fd, flows: make(map[uint64]*flow), metrics: m}
+// newDormancyOn is a dormancy without loops yet (tests: no flow can go dormant).
+func newDormancyOn(m Metrics) *dormancy {
+	d := &dormancy{metrics: m}
 	for i := range d.runningFlows {
 		d.runningFlows[i].flows = make(map[*flow]struct{})
 	}
 	return d
+}
+
+// start starts the loops' goroutines.
+func (d *dormancy) start() {
+	for _, l := range d.loops {
+		go l.run()
+	}
 }
 
 // sleep makes f dormant. It returns false if f must go on running in the calling goroutine
@@ -139,35 +178,45 @@ func (d *dormancy) count(delta int) {
 	d.metrics.Dormant(delta)
 }
 
-// register gives f its id and table entry the first time, while f's own goroutine is the
-// only one that can touch it (before its state says dormant). It fails once the poller is
-// closed.
+// register gives f its loop, id and table entry the first time, while f's owner is the only
+// one that can touch it (before its state says dormant). It fails once the loop is closed.
 func (d *dormancy) register(f *flow) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	if f.loop == nil {
+		if len(d.loops) == 0 {
+			return false
+		}
+		f.loop = d.loops[d.next.Add(1)%uint32(len(d.loops))]
+	}
+	l := f.loop
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
 		return false
 	}
 	if f.id == 0 {
-		d.nextID++
-		f.id = d.nextID
-		d.flows[f.id] = f
+		l.nextID++
+		f.id = l.nextID
+		l.flows[f.id] = f
 	}
 	return true
 }
 
 // watch arms the dormancy epoll for f's source: one event, then the flow is running again.
+// Level-triggered one-shot: a source that became readable before this call fires at once.
 func (d *dormancy) watch(f *flow) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed || f.forgotten {
+	return d.epollCtl(f, syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLONESHOT)
+}
+
+// epollCtl registers f's source with its loop's epoll for events, or changes its
+// registration to them.
+func (d *dormancy) epollCtl(f *flow, events uint32) error {
+	l := f.loop
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || f.forgotten {
 		return errDormancyClosed
 	}
-	ev := syscall.EpollEvent{
-		Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
-		Fd:     int32(uint32(f.id)),
-		Pad:    int32(uint32(f.id >> 32)),
-	}
+	ev := syscall.EpollEvent{Events: events, Fd: int32(uint32(f.id)), Pad: int32(uint32(f.id >> 32))}
 	var cerr error
 	// Control holds the descriptor open while it runs: a concurrent close cannot make this
 	// arm another connection's reused descriptor number.
@@ -176,9 +225,7 @@ func (d *dormancy) watch(f *flow) error {
 		if !f.watched {
 			op = syscall.EPOLL_CTL_ADD
 		}
-		// Level-triggered one-shot: a source that became readable before this call fires
-		// at once.
-		if cerr = syscall.EpollCtl(d.epfd, op, int(fd), &ev); cerr == nil {
+		if cerr = syscall.EpollCtl(l.epfd, op, int(fd), &ev); cerr == nil {
 			f.watched = true
 		}
 	})
@@ -194,69 +241,95 @@ func (d *dormancy) watch(f *flow) error {
 // forget drops an ended flow from the table. The kernel drops its registration when the
 // socket is closed.
 func (d *dormancy) forget(f *flow) {
-	if d == nil {
+	l := f.loop
+	if d == nil || l == nil {
 		return
 	}
-	d.mu.Lock()
+	l.mu.Lock()
 	f.forgotten = true
 	if f.id != 0 {
-		delete(d.flows, f.id)
+		delete(l.flows, f.id)
 	}
-	d.mu.Unlock()
+	l.mu.Unlock()
 }
 
-// run is the dormancy poller's goroutine: it waits for events on the epoll instance in the
-// runtime's poller and wakes their flows, until close.
-func (d *dormancy) run() {
+// run is a loop's goroutine: it waits for events on its epoll instance in the runtime's
+// poller and handles them (wakes their flows, or copies inline ones), until close.
+//
+// The events are handled inside the RawConn.Read callback, which then returns false to
+// wait: Read clears the descriptor's readiness only when it starts, so an event that comes
+// while others are handled ends the wait at once, and a wait that has none parks without
+// another epoll_pwait(2) that would find nothing. Nothing in the handling waits (see
+// closer's comment: a callback must not), and the table's lock is never held around close.
+func (l *pollLoop) run() {
+	if l.bp == nil {
+		l.bp = copyBufPool.get()
+	}
 	events := make([]syscall.EpollEvent, 128)
-	for {
-		n := 0
-		var werr syscall.Errno
-		err := d.rc.Read(func(fd uintptr) bool {
+	var werr syscall.Errno
+	err := l.rc.Read(func(fd uintptr) bool {
+		for {
 			r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd,
 				uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-			n, werr = int(r), e
 			switch e {
 			case 0:
-				return n > 0 // none ready: park until the epoll instance is readable
 			case syscall.EINTR:
-				return false
+				continue
+			default:
+				werr = e
+				return true
 			}
-			return true
-		})
-		if err != nil || werr != 0 {
-			// Closed, or the poller failed: no flow may stay dormant without it.
-			d.shutdown()
-			return
-		}
-		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			d.mu.Lock()
-			f := d.flows[id]
-			d.mu.Unlock()
-			if f != nil {
-				f.wake()
+			n := int(r)
+			for _, ev := range events[:n] {
+				l.dispatch(ev)
+			}
+			if n < len(events) {
+				return false // all taken: wait for the next
 			}
 		}
+	})
+	if err != nil || werr != 0 {
+		// Closed, or the poller failed: no flow may stay dormant without it.
+		l.shutdown()
+	}
+}
+
+// dispatch handles one event: an inline flow is copied, any other woken.
+func (l *pollLoop) dispatch(ev syscall.EpollEvent) {
+	id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+	l.mu.Lock()
+	f := l.flows[id]
+	l.mu.Unlock()
+	switch {
+	case f == nil:
+	case f.inline:
+		l.onEvent(f, ev.Events)
+	default:
+		f.wake()
 	}
 }
 
 func (d *dormancy) close() {
-	d.mu.Lock()
-	d.closed = true
-	_ = d.file.Close()
-	d.mu.Unlock()
+	for _, l := range d.loops {
+		l.stopped.Store(true)
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+		// Outside mu: Close waits for the loop's callback, which takes mu.
+		_ = l.file.Close()
+	}
 }
 
-// shutdown stops dormancy and wakes every dormant flow; flows then keep their goroutines.
-func (d *dormancy) shutdown() {
-	d.mu.Lock()
-	d.closed = true
-	flows := make([]*flow, 0, len(d.flows))
-	for _, f := range d.flows {
+// shutdown stops the loop and wakes every dormant flow; flows then keep their goroutines.
+func (l *pollLoop) shutdown() {
+	l.stopped.Store(true)
+	l.mu.Lock()
+	l.closed = true
+	flows := make([]*flow, 0, len(l.flows))
+	for _, f := range l.flows {
 		flows = append(flows, f)
 	}
-	d.mu.Unlock()
+	l.mu.Unlock()
 	for _, f := range flows {
 		f.wake()
 	}
@@ -318,11 +391,8 @@ func (s *Server) sweepOnce() {
 	if d == nil {
 		return
 	}
-	d.mu.Lock()
-	closed := d.closed
-	d.mu.Unlock()
-	if closed {
-		return // the poller is gone: no flow can go dormant, asking them would only wake them
+	if len(d.loops) > 0 && d.loops[0].stopped.Load() {
+		return // the pollers are gone: no flow can go dormant, asking them would only wake them
 	}
 	for i := range d.runningFlows {
 		sh := &d.runningFlows[i]
@@ -353,7 +423,7 @@ var flowShards atomic.Uint32
 // before the flow's state can say dormant, and a new goroutine with on after it says
 // running again, so a flow is recorded once while a goroutine runs it.
 func (d *dormancy) running(f *flow, on bool) {
-	if d == nil || f.src.rc == nil {
+	if d == nil || f.src.rc == nil || f.inline {
 		return
 	}
 	sh := &d.runningFlows[f.shard]

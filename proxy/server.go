@@ -205,7 +205,7 @@ func (s *Server) startBackground() {
 		return
 	}
 	s.dormancy, s.sweepStop = d, make(chan struct{})
-	go d.run()
+	d.start()
 	go s.sweepLoop(max(every/2, time.Millisecond), s.sweepStop)
 }
 

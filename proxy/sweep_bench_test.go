@@ -29,7 +29,7 @@ func BenchmarkSweep(b *testing.B) {
 			c1, c2 := net.Pipe() // a quiet running flow gets a read deadline on it
 			defer c1.Close()
 			defer c2.Close()
-			d := newDormancyOn(nil, nil, -1, nopMetrics{})
+			d := newDormancyOn(nopMetrics{})
 			srv.dormancy = d
 			for i := 0; i < n; i++ {
 				sess := &session{srv: srv}

@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
+)
+
+// inlineRig is one inline flow between two loopback TCP connections (sender → flow →
+// receiver) on a poll loop of its own, without the loop's goroutine: the test hands the loop
+// its events (step), so every turn of the loop is seen.
+type inlineRig struct {
+	t                *testing.T
+	sender, receiver *net.TCPConn
+	dstSock          *net.TCPConn
+	f                *flow
+	l                *pollLoop
+	count            *atomic.Int64
+	ended            chan struct{}
+}
+
+func newInlineRig(t *testing.T) *inlineRig {
+	t.Helper()
+	sender, srcSock := tcpPair(t)
+	dstSock, receiver := tcpPair(t)
+	srv := New(Options{})
+	d := newDormancyOn(nopMetrics{})
+	l, err := newPollLoop(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.bp = copyBufPool.get()
+	d.loops = []*pollLoop{l}
+	srv.dormancy = d
+	t.Cleanup(d.close)
+	r := &inlineRig{t: t, sender: sender, receiver: receiver, dstSock: dstSock, l: l, ended: make(chan struct{})}
+	sess := &session{srv: srv, raw: srcSock, up: &upstream{raw: dstSock}}
+	sp := &spliceState{s: sess, done: func() { close(r.ended) }}
+	src, dst := makeEndpoint(srcSock, srcSock, nil), makeEndpoint(dstSock, dstSock, nil)
+	sp.flows[0] = sp.newFlow(dst, src, srcSock, &sess.c2b, "client")
+	sp.flows[1] = sp.newFlow(src, dst, dstSock, &sess.b2c, "backend") // never started
+	sp.left.Store(2)
+	t.Cleanup(func() {
+		sp.closeAll()
+		sp.mu.Lock()
+		if sp.timer != nil {
+			sp.timer.Stop()
+		}
+		sp.mu.Unlock()
+	})
+	r.f, r.count = sp.flows[0], &sess.c2b
+	if !d.arm(r.f) {
+		t.Fatal("a flow between plain sockets was not made inline")
+	}
+	return r
+}
+
+// step waits (bounded) for the loop's epoll to have events and hands them to the loop.
+func (r *inlineRig) step() {
+	r.t.Helper()
+	events := make([]syscall.EpollEvent, 8)
+	n, err := syscall.EpollWait(r.l.epfd, events, 10_000)
+	if err != nil || n == 0 {
+		r.t.Fatalf("no event for the loop: %d, %v", n, err)
+	}
+	for _, ev := range events[:n] {
+		r.l.dispatch(ev)
+	}
+}
+
+// waitState waits (bounded) for the flow to be in state.
+func (r *inlineRig) waitState(state int32) {
+	r.t.Helper()
+	waitFor(r.t, "the flow's state "+strconv.Itoa(int(state)), func() bool { return r.f.state.Load() == state })
+}
+
+// receive reads exactly n bytes from the receiver.
+func (r *inlineRig) receive(n int) []byte {
+	r.t.Helper()
+	_ = r.receiver.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r.receiver, b); err != nil {
+		r.t.Fatalf("receiver: %v", err)
+	}
+	return b
+}
+
+// A short message is copied by the loop itself: read, write, and the flow is dormant again
+// with no goroutine started and nothing held.
+func TestInlineLoopCopiesShortMessage(t *testing.T) {
+	r := newInlineRig(t)
+	for _, msg := range []string{"a1 NOOP\r\n", "a2 SELECT INBOX\r\n"} {
+		r.sender.Write([]byte(msg))
+		r.step()
+		if s := r.f.state.Load(); s != flowDormant {
+			t.Fatalf("after %q the flow is in state %d, want dormant (the loop's)", msg, s)
+		}
+		if got := string(r.receive(len(msg))); got != msg {
+			t.Fatalf("receiver got %q, want %q", got, msg)
+		}
+	}
+	if n := r.count.Load(); n != int64(len("a1 NOOP\r\na2 SELECT INBOX\r\n")) {
+		t.Fatalf("bytes counted %d", n)
+	}
+	if r.f.carry != nil || r.f.carryB != nil {
+		t.Fatal("the flow holds a buffer while dormant")
+	}
+}
+
+// When the destination cannot take the bytes, the loop does not wait: a goroutine writes
+// what is left (with the loop's buffer, the loop takes another) and gives the flow back at
+// the next EAGAIN. Nothing is lost or reordered.
+func TestInlineLoopHandsFullDestinationToGoroutine(t *testing.T) {
+	r := newInlineRig(t)
+	// Fill the path to the receiver, which reads nothing yet.
+	rc, _ := r.dstSock.SyscallConn()
+	fill := bytes.Repeat([]byte("f"), 64<<10)
+	filled := 0
+	rc.Control(func(fd uintptr) {
+		for {
+			n, e := sysWrite(fd, fill)
+			if e != 0 {
+				return
+			}
+			filled += n
+		}
+	})
+	loopBuf := r.l.bp
+	const msg = "a1 APPEND INBOX {5}\r\n"
+	r.sender.Write([]byte(msg))
+	r.step()
+	if s := r.f.state.Load(); s != flowRunning && s != flowDormant {
+		t.Fatalf("flow state %d after a write the destination could not take", s)
+	}
+	if r.l.bp == loopBuf {
+		t.Fatal("the loop kept the buffer that holds the bytes still to write")
+	}
+	got := r.receive(filled + len(msg))
+	if !bytes.Equal(got[:filled], bytes.Repeat([]byte("f"), filled)) || string(got[filled:]) != msg {
+		t.Fatalf("receiver got %d bytes ending %q", len(got), got[max(0, len(got)-40):])
+	}
+	r.waitState(flowDormant) // the goroutine gave the flow back
+	if r.f.carry != nil || r.f.carryB != nil {
+		t.Fatal("the carried buffer was not given back")
+	}
+	// And the loop has it again.
+	r.sender.Write([]byte("a2 NOOP\r\n"))
+	r.step()
+	if got := string(r.receive(9)); got != "a2 NOOP\r\n" {
+		t.Fatalf("after the hand-back the receiver got %q", got)
+	}
+	if n := r.count.Load(); n != int64(len(msg)+9) {
+		t.Fatalf("bytes counted %d, want %d", n, len(msg)+9)
+	}
+}
+
+// A read that fills the loop's buffer means bulk data: a goroutine moves the burst (splice)
+// and gives the flow back whenever the source is drained.
+func TestInlineLoopHandsBulkToGoroutine(t *testing.T) {
+	r := newInlineRig(t)
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	go r.l.run() // the burst raises events until it has all come: the loop's goroutine takes them
+	go r.sender.Write(data)
+	got := r.receive(len(data))
+	if !bytes.Equal(got, data) {
+		t.Fatal("bulk data changed on the way")
+	}
+	r.waitState(flowDormant)
+	if n := r.count.Load(); n != int64(len(data)) {
+		t.Fatalf("bytes counted %d, want %d", n, len(data))
+	}
+}
+
+// The sender's FIN ends the flow in the loop: the half-close is passed on (RFC 9051 section
+// 3.4: after LOGOUT the client may close first; the backend still answers).
+func TestInlineLoopEndsAtFIN(t *testing.T) {
+	r := newInlineRig(t)
+	r.sender.Write([]byte("a9 LOGOUT\r\n"))
+	r.sender.CloseWrite()
+	for r.f.state.Load() != flowEnded {
+		r.step()
+	}
+	if got := string(r.receive(11)); got != "a9 LOGOUT\r\n" {
+		t.Fatalf("receiver got %q", got)
+	}
+	_ = r.receiver.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := r.receiver.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after the sender's FIN the receiver read %d, %v; want the FIN passed on", n, err)
+	}
+	if r.f.loop.flows[r.f.id] != nil {
+		t.Fatal("the ended flow is still in the loop's table")
+	}
+}
+
+// An event that comes while a goroutine owns the flow is not lost: the goroutine, giving
+// the flow back, sees it and goes on.
+func TestInlineEventWhileGoroutineRuns(t *testing.T) {
+	r := newInlineRig(t)
+	r.f.state.Store(flowRunning) // as if a goroutine had it
+	r.l.d.count(-1)
+	r.sender.Write([]byte("a1 NOOP\r\n"))
+	r.step()
+	if s := r.f.state.Load(); s != flowRunning || !r.f.pending.Load() {
+		t.Fatalf("state %d, pending %v: the event was not left for the goroutine", s, r.f.pending.Load())
+	}
+	if r.l.d.rest(r.f) {
+		t.Fatal("the goroutine gave the flow back although an event came while it ran")
+	}
+	if r.f.state.Load() != flowRunning {
+		t.Fatal("the goroutine does not own the flow after rest said go on")
+	}
+}
+
+// Through the proxy: a plain session's directions are copied by the loops from the first
+// byte after login, with no goroutine, while a FETCH of a large message (bulk, handed to a
+// goroutine) arrives whole.
+func TestPlainSessionRunsInline(t *testing.T) {
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	m := newRecordingMetrics()
+	tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
+		ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
+	c := dialTranscript(t, tp.addr)
+	c.expect("* OK …")
+	c.send("a1 LOGIN alice@example.com alice\r\n")
+	c.expect("a1 OK …")
+	body := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB
+	msg := "Subject: big\r\n\r\n" + body
+	c.send("a2 APPEND INBOX {" + strconv.Itoa(len(msg)) + "}\r\n") // synchronising: LITERAL- caps {n+} at 4 KiB
+	c.expect("+ …")
+	c.send(msg + "\r\n")
+	for !strings.HasPrefix(c.line(), "a2 OK") {
+	}
+	c.send("a3 SELECT INBOX\r\n")
+	for !strings.HasPrefix(c.line(), "a3 OK") {
+	}
+	waitNoFlowGoroutines(t)
+	if n := m.dormantNow(); n != 2 {
+		t.Fatalf("directions waiting in the loops = %d, want 2", n)
+	}
+	c.send("a4 FETCH * BODY.PEEK[TEXT]\r\n") // the message just appended
+	line := c.line()
+	if want := "BODY[TEXT] {" + strconv.Itoa(len(body)) + "}"; !strings.HasSuffix(line, want) {
+		t.Fatalf("got %q, want a FETCH ending %q", line, want)
+	}
+	got := make([]byte, len(body))
+	if _, err := io.ReadFull(c.br, got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != body {
+		t.Fatal("the message body changed on the way")
+	}
+	c.expect(")")
+	c.expect("a4 OK …")
+	c.send("a5 NOOP\r\n")
+	c.expect("a5 OK …")
+	waitNoFlowGoroutines(t)
+}
+
+// If the loops stop (here: closed under a live session), their flows get goroutines that wait
+// in the runtime's poller, and the session goes on.
+func TestSessionOutlivesItsPollLoops(t *testing.T) {
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
+		ListenerOptions{TLS: tlsconf.None, AllowPlaintextAuth: true})
+	c := dialTranscript(t, tp.addr)
+	c.expect("* OK …")
+	c.send("a1 LOGIN alice@example.com alice\r\n")
+	c.expect("a1 OK …")
+	c.send("a2 NOOP\r\n")
+	c.expect("a2 OK …")
+	tp.srv.mu.Lock()
+	d := tp.srv.dormancy
+	tp.srv.mu.Unlock()
+	d.close()
+	waitFor(t, "a goroutine for each flow after the loops stopped", func() bool { return flowGoroutines() == 2 })
+	for _, tag := range []string{"a3", "a4"} {
+		c.send(tag + " NOOP\r\n")
+		c.expect(tag + " OK …")
+	}
+	if n := flowGoroutines(); n != 2 {
+		t.Fatalf("%d flow goroutines, want 2 parked in the runtime's poller", n)
+	}
+}
