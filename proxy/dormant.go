@@ -423,7 +423,7 @@ var flowShards atomic.Uint32
 // before the flow's state can say dormant, and a new goroutine with on after it says
 // running again, so a flow is recorded once while a goroutine runs it.
 func (d *dormancy) running(f *flow, on bool) {
-	if d == nil || f.src.rc == nil || f.inline {
+	if d == nil || f.src.rc == nil {
 		return
 	}
 	sh := &d.runningFlows[f.shard]

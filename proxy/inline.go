@@ -20,8 +20,9 @@ import (
 //   - a read filled the buffer: bulk data is flowing (a FETCH body, an APPEND), and the
 //     goroutine moves the rest of the burst with splice(2), as copyConn always has.
 //
-// That goroutine ends at the first read that says EAGAIN (rest) instead of parking in the
-// runtime's poller: the flow is the loop's again. A flow that ends in the loop (EOF, an
+// That goroutine is an ordinary flow's (splice.go): it waits in the runtime's poller between
+// bursts, and when it has been quiet for DormantAfter the sweeper sends the flow back to the
+// loop (rest), as it would send another to sleep. A flow that ends in the loop (EOF, an
 // error) ends there: spliceState.ended waits for nothing. (If the session ends with it, its
 // end line is logged from the loop. imapgate serve's log writer appends the line to a batch;
 // a log destination that blocks would hold the loop when a batch is full, as it would hold
@@ -34,15 +35,15 @@ import (
 // says whether the peer's FIN came: a short read without it means drained (a FIN or bytes
 // arriving after the event raise a new edge). What it saves is in the README (Performance).
 //
-// Ownership: flow.state says who may touch the flow. Dormant: nobody, the loop takes it on
-// an event (flowInline) and gives it back, or starts a goroutine (flowRunning). An event that
-// comes while a goroutine runs the flow sets flow.pending; the goroutine, having said
-// dormant, looks at pending and takes the flow back if it was set (the event may say bytes
-// came after its last read). Closing the session (closeAll) wakes a dormant flow as before; a
-// flow in the loop's hands sees spliceState.closed when the loop gives it back. The
-// descriptors are used only inside their RawConn's Control callback, which holds them open:
-// a session closed meanwhile cannot make the loop read or write another connection's reused
-// descriptor number.
+// Ownership: flow.state says who may touch the flow. Dormant: nobody; the loop takes it on
+// an event (flowInline) and gives it back, or hands it to a goroutine (flowRunning) after
+// muting its registration, so no event comes for it while the goroutine runs. rest says
+// dormant first and then turns the registration on again: an event that follows finds the
+// flow the loop's. Closing the session (closeAll) wakes a dormant flow as before; a flow in
+// the loop's hands sees spliceState.closed when the loop gives it back. The descriptors are
+// used only inside their RawConn's Control callback, which holds them open: a session closed
+// meanwhile cannot make the loop read or write another connection's reused descriptor
+// number.
 
 // inlineResult is what one inline copy ended with.
 type inlineResult int8
@@ -117,17 +118,29 @@ func (d *dormancy) watchInline(f *flow) error {
 // epollET is EPOLLET as the unsigned event mask (syscall's constant is a negative int).
 const epollET = 1 << 31
 
-// rest gives an inline flow back to the loop after its goroutine's read said EAGAIN. It
-// returns false if the goroutine must go on (an event came meanwhile, the session is
-// closing, or the poller has stopped).
+// epollMuted is an inline flow's registration while a goroutine runs it: no event asked.
+const epollMuted = epollET | syscall.EPOLLONESHOT
+
+// rest gives an inline flow back to its loop when its goroutine has been quiet for
+// DormantAfter (the sweeper's request, as for sleep): the loop's registration is turned on
+// again, which fires at once if bytes came since the goroutine's last read (epoll_ctl looks
+// at the socket's readiness). It returns false if the goroutine must go on (the session is
+// closing, or the loop has stopped).
 func (d *dormancy) rest(f *flow) bool {
 	d.count(1)
 	f.state.Store(flowDormant)
-	if (f.pending.Swap(false) || f.sp.closed.Load() || f.loop.stopped.Load()) &&
-		f.state.CompareAndSwap(flowDormant, flowRunning) {
+	if err := d.watchInline(f); err != nil {
+		if f.state.CompareAndSwap(flowDormant, flowRunning) {
+			d.count(-1)
+			return false
+		}
+		return true // closeAll has started a new goroutine
+	}
+	if (f.sp.closed.Load() || f.loop.stopped.Load()) && f.state.CompareAndSwap(flowDormant, flowRunning) {
 		d.count(-1)
 		return false
 	}
+	d.slept.Add(1)
 	slept(f)
 	return true
 }
@@ -143,12 +156,7 @@ func slept(f *flow) {
 func (l *pollLoop) onEvent(f *flow, events uint32) {
 	d := l.d
 	if !f.state.CompareAndSwap(flowDormant, flowInline) {
-		// Its goroutine runs it: tell it, then look again, in case it gave the flow back
-		// before it could see the flag.
-		f.pending.Store(true)
-		if !f.state.CompareAndSwap(flowDormant, flowInline) {
-			return
-		}
+		return // closeAll has woken it: its goroutine reads what came
 	}
 	c := &l.cp
 	c.f, c.buf, c.res = f, *l.bp, inlineHandoff
@@ -171,6 +179,11 @@ func (l *pollLoop) onEvent(f *flow, events uint32) {
 		if f.carryB != nil {
 			f.carry, l.bp = l.bp, copyBufPool.get() // the goroutine takes the loop's buffer
 		}
+		// The goroutine waits in the runtime's poller from now on; the loop's registration
+		// is muted meanwhile (no event per arriving segment of a bulk transfer) until rest
+		// turns it on again. One-shot and edge-triggered: EPOLLHUP and EPOLLERR, which
+		// epoll reports whatever the mask, come once at most.
+		_ = d.epollCtl(f, epollMuted)
 		f.state.Store(flowRunning)
 		d.count(-1)
 		go f.run()
@@ -247,26 +260,4 @@ func (f *flow) resume() error {
 	}
 	f.acc.add(len(b))
 	return nil
-}
-
-// runInline is an inline flow's goroutine: it writes what the loop could not, copies while
-// bytes come (splicing bulk bursts), and gives the flow back to the loop at the first read
-// that says EAGAIN. After the poller has stopped it parks in the runtime's poller instead,
-// as a flow that was never inline.
-func (f *flow) runInline(d *dormancy) {
-	err := f.resume()
-	for err == nil {
-		acc := f.acc
-		acc.noPark = !f.loop.stopped.Load()
-		_, err = copyConn(f.dst, f.src, acc)
-		if err != errWouldBlock {
-			break // EOF (nil) or an error: the end
-		}
-		if d.rest(f) {
-			return
-		}
-		err = nil
-	}
-	f.state.Store(flowEnded)
-	f.end(err)
 }

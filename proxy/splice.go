@@ -140,7 +140,6 @@ type flow struct {
 
 	state    atomic.Int32 // flowRunning (a goroutine owns the flow), flowDormant, flowInline, flowEnded
 	inline   bool         // the dormancy loop copies the flow itself (inline.go); set before it is dormant
-	pending  atomic.Bool  // inline: an event came while a goroutine ran the flow
 	carry    *[]byte      // inline: the loop's buffer, holding carryB, for the flow's goroutine
 	carryB   []byte       // inline: bytes the loop could not write (the destination was full)
 	sleepReq atomic.Bool  // the sweeper has asked the flow to go dormant
@@ -158,7 +157,7 @@ const (
 	flowRunning int32 = iota
 	flowDormant
 	flowInline // the dormancy poller's loop is copying it (inline.go)
-	flowEnded  // an inline flow that has ended
+	flowEnded  // the flow has ended
 )
 
 func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.Int64, from string) *flow {
@@ -181,30 +180,32 @@ func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.In
 // ends, or until it goes dormant at the sweeper's request.
 func (f *flow) run() {
 	d := f.sp.s.srv.dormancy
+	var err error
 	if f.inline {
-		f.runInline(d)
-		return
+		err = f.resume()
 	}
-	d.running(f, true)
-	for {
-		_, err := copyConn(f.dst, f.src, f.acc)
-		if err != nil && f.sleepReq.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-			// Deadline first: a sweep in between sees the request still standing and makes
-			// no new one, so none is lost with its deadline.
-			_ = f.srcRaw.SetReadDeadline(time.Time{})
-			f.sleepReq.Store(false)
-			d.running(f, false)
-			if d.sleep(f) {
-				return
+	if err == nil {
+		d.running(f, true)
+		for {
+			_, err = copyConn(f.dst, f.src, f.acc)
+			if err != nil && f.sleepReq.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				// Deadline first: a sweep in between sees the request still standing and
+				// makes no new one, so none is lost with its deadline.
+				_ = f.srcRaw.SetReadDeadline(time.Time{})
+				f.sleepReq.Store(false)
+				d.running(f, false)
+				if f.inline && d.rest(f) || !f.inline && d.sleep(f) {
+					return
+				}
+				d.running(f, true)
+				continue
 			}
-			d.running(f, true)
-			continue
+			d.running(f, false)
+			break
 		}
-		d.running(f, false)
-		d.forget(f)
-		f.sp.ended(f, err)
-		return
 	}
+	f.state.Store(flowEnded)
+	f.end(err)
 }
 
 // wake gives a dormant flow a goroutine again.
@@ -329,10 +330,6 @@ type accounting struct {
 	wmu   *sync.Mutex  // if set, held around tap and write (kick's BYE takes it too)
 	busy  *atomic.Bool // if set, marked for every chunk moved, for the sweeper
 	w     *rawWriter   // writes to a plain socket; the flow's own (nil: writeAll)
-	// noPark makes a read that says EAGAIN end the copy with errWouldBlock instead of
-	// waiting in the runtime's poller: an inline flow's goroutine then gives the flow back
-	// to the loop (inline.go).
-	noPark bool
 }
 
 // moved marks the flow busy for the sweeper.
@@ -392,7 +389,7 @@ func (a accounting) add(n int) {
 // measured, skipping it did not change the proxy's CPU per NOOP round trip (50.5 vs 51.2 µs).
 // Under crypto/tls, nbConn reads the socket inside the same callback.
 func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bulk bool, err error) {
-	r := &pumpReader{src: src, pool: copyBufPool, noPark: acc.noPark}
+	r := &pumpReader{src: src, pool: copyBufPool}
 	defer func() {
 		if r.bp != nil {
 			r.pool.put(r.bp)
@@ -428,8 +425,6 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 		switch {
 		case e == io.EOF:
 			return false, nil
-		case e == errWouldBlock && r.noPark:
-			return false, errWouldBlock
 		case e != nil && e != errWouldBlock:
 			return false, e
 		case e == nil && canSplice && full:
@@ -445,12 +440,11 @@ func pump(dst, src *endpoint, acc accounting, total *int64, canSplice bool) (bul
 // pumpReader is pump's read, made in src's RawConn.Read callback: a buffer from pool (into
 // bp) only when the socket has bytes, and what the read gave (n, e).
 type pumpReader struct {
-	src    *endpoint
-	bp     *[]byte
-	pool   *bufPool // where bp comes from: bulkBufPool during a burst to a TLS side
-	noPark bool     // at EAGAIN, return instead of waiting (accounting.noPark)
-	n      int
-	e      error
+	src  *endpoint
+	bp   *[]byte
+	pool *bufPool // where bp comes from: bulkBufPool during a burst to a TLS side
+	n    int
+	e    error
 }
 
 // read is the callback: false (park until readable) when the socket is empty, with the
@@ -482,7 +476,7 @@ func (r *pumpReader) read(fd uintptr) bool {
 	if r.n == 0 && r.e == errWouldBlock {
 		r.pool.put(r.bp)
 		r.bp, r.pool = nil, copyBufPool
-		return r.noPark // park until readable, unless the caller would rather not
+		return false // park until readable
 	}
 	return true
 }
