@@ -48,8 +48,8 @@ type fdConn struct {
 	raddr  net.Addr
 	laddr  atomic.Pointer[net.TCPAddr] // the listener's, or learnt on first use (getsockname)
 	closed atomic.Bool
-	// peerFIN: the peer's FIN has been read (the splice saw its EOF); Close need not send
-	// ours at once (see Close).
+	// peerFIN: the backend's FIN has been read (the splice saw its EOF); Close need not
+	// send ours at once (see Close).
 	peerFIN atomic.Bool
 }
 
@@ -98,10 +98,10 @@ func (c *fdConn) Write(b []byte) (int, error) {
 // the connection ends with shutdown(2) (the peer gets its FIN now, or an RST when close(2)
 // later finds unread bytes, as an immediate close would have sent), the waits end through a
 // deadline in the past, and the descriptor goes to closer, which closes a batch at a time.
-// A peer whose FIN has been read (the usual end: the backend closes after LOGOUT) has
-// nothing more to send and no reason to wait for ours: it gets it from the batched close,
-// within closeBatchEvery, and the shutdown(2) is saved (one system call of about fifty per
-// session).
+// A backend whose FIN has been read (the usual end: it closes after LOGOUT) has nothing
+// more to send and does not wait for ours: it gets it from the batched close, within
+// closeBatchEvery, and the shutdown(2) is saved (one system call of about fifty per
+// session; spliceState.ended sets peerFIN).
 func (c *fdConn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return c.opErr("close", net.ErrClosed)

@@ -226,8 +226,11 @@ func (sp *spliceState) ended(f *flow, err error) {
 	if err != nil && !isClosedConnErr(err) && s.endErr == nil && !s.closing.Load() {
 		s.endErr = err
 	}
-	if fc, ok := f.srcRaw.(*fdConn); ok && err == nil {
-		fc.peerFIN.Store(true) // its EOF: closing it need not send our FIN at once
+	if fc, ok := f.srcRaw.(*fdConn); ok && err == nil && f.from == "backend" && !f.src.tls {
+		// The backend's FIN is read (it closes after LOGOUT): closing its socket need not
+		// send ours at once. Not the client's: a client that half-closed after LOGOUT reads
+		// on until our FIN, which must not wait for the batched close.
+		fc.peerFIN.Store(true)
 	}
 	switch {
 	case err != nil, f.from == "backend":
