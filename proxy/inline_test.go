@@ -79,12 +79,6 @@ func (r *inlineRig) step() {
 	}
 }
 
-// waitState waits (bounded) for the flow to be in state.
-func (r *inlineRig) waitState(state int32) {
-	r.t.Helper()
-	waitFor(r.t, "the flow's state "+strconv.Itoa(int(state)), func() bool { return r.f.state.Load() == state })
-}
-
 // receive reads exactly n bytes from the receiver.
 func (r *inlineRig) receive(n int) []byte {
 	r.t.Helper()
