@@ -88,9 +88,10 @@ type pollLoop struct {
 	nextID uint64
 	closed bool
 
-	stopped atomic.Bool // closed or failed: its inline flows park in the runtime's poller
-	bp      *[]byte     // the buffer of inline copies (inline.go); the loop goroutine's only
-	cp      inlineCopy  // the inline copy being made; the loop goroutine's only
+	stopped atomic.Bool  // closed or failed: its inline flows park in the runtime's poller
+	bp      *[]byte      // the buffer of inline copies (inline.go); the loop goroutine's only
+	cp      inlineCopy   // the inline copy being made; the loop goroutine's only
+	ctl     epollCtlCall // under mu
 }
 
 var errDormancyClosed = errors.New("dormancy poller closed")
@@ -125,6 +126,7 @@ func newPollLoop(d *dormancy) (*pollLoop, error) {
 	}
 	l := &pollLoop{d: d, file: f, rc: rc, epfd: fd, flows: make(map[uint64]*flow)}
 	l.cp.readFn, l.cp.writeFn = l.cp.read, l.cp.write
+	l.ctl.epfd, l.ctl.fn = fd, l.ctl.call
 	return l, nil
 }
 
@@ -216,27 +218,35 @@ func (d *dormancy) epollCtl(f *flow, events uint32) error {
 	if l.closed || f.forgotten {
 		return errDormancyClosed
 	}
-	ev := syscall.EpollEvent{Events: events, Fd: int32(uint32(f.id)), Pad: int32(uint32(f.id >> 32))}
-	var cerr error
+	c := &l.ctl
+	c.ev = syscall.EpollEvent{Events: events, Fd: int32(uint32(f.id)), Pad: int32(uint32(f.id >> 32))}
+	c.op, c.err = syscall.EPOLL_CTL_MOD, nil
+	if !f.watched {
+		c.op = syscall.EPOLL_CTL_ADD
+	}
 	// Control holds the descriptor open while it runs: a concurrent close cannot make this
 	// arm another connection's reused descriptor number.
-	err := f.src.rc.Control(func(fd uintptr) {
-		op := syscall.EPOLL_CTL_MOD
-		if !f.watched {
-			op = syscall.EPOLL_CTL_ADD
-		}
-		if cerr = syscall.EpollCtl(l.epfd, op, int(fd), &ev); cerr == nil {
-			f.watched = true
-		}
-	})
-	if err != nil {
+	if err := f.src.rc.Control(c.fn); err != nil {
 		return err
 	}
-	if cerr != nil {
-		return os.NewSyscallError("epoll_ctl", cerr)
+	if c.err != nil {
+		return os.NewSyscallError("epoll_ctl", c.err)
 	}
+	f.watched = true
 	return nil
 }
+
+// epollCtlCall is a loop's epoll_ctl(2) call, made under its mu, with its Control callback
+// bound once: arming a flow (twice a session) allocates nothing.
+type epollCtlCall struct {
+	epfd int
+	op   int
+	ev   syscall.EpollEvent
+	err  error
+	fn   func(fd uintptr)
+}
+
+func (c *epollCtlCall) call(fd uintptr) { c.err = syscall.EpollCtl(c.epfd, c.op, int(fd), &c.ev) }
 
 // forget drops an ended flow from the table. The kernel drops its registration when the
 // socket is closed.

@@ -85,9 +85,19 @@ func readNonblock(fd uintptr, b []byte) (int, error) {
 // Write deadlines apply (kick's BYE sets one). For one-off writes; a flow writes through its
 // own rawWriter.
 func writeAll(rc syscall.RawConn, b []byte) error {
-	var w rawWriter
-	return w.write(rc, b)
+	w := rawWriters.Get().(*rawWriter)
+	err := w.write(rc, b)
+	rawWriters.Put(w)
+	return err
 }
+
+// rawWriters and rawReaders hold writers and readers whose callbacks are bound already:
+// one-off writes and fdConn's reads and writes (the conversation up to login) allocate
+// nothing, and a connection holds none between calls.
+var (
+	rawWriters = sync.Pool{New: func() any { return new(rawWriter) }}
+	rawReaders = sync.Pool{New: func() any { return new(rawReader) }}
+)
 
 // rawWriter writes whole buffers to sockets through their RawConn, as writeAll. Its callback
 // is bound once, so a write allocates nothing: a closure passed to RawConn.Write is moved to
@@ -427,9 +437,35 @@ func rawConnRead(rc syscall.RawConn, b []byte) (n int, rerr, err error) {
 	if len(b) == 0 {
 		return 0, nil, nil
 	}
-	err = rc.Read(func(fd uintptr) bool {
-		n, rerr = readNonblock(fd, b)
-		return rerr != errWouldBlock
-	})
+	r := rawReaders.Get().(*rawReader)
+	n, rerr, err = r.read(rc, b)
+	rawReaders.Put(r)
 	return n, rerr, err
+}
+
+// rawReader is rawConnRead's state, with its RawConn.Read callback bound once: a closure
+// passed to Read is moved to the heap with what it captures, two allocations per read. Not
+// for concurrent use: rawConnRead takes one from rawReaders per read.
+type rawReader struct {
+	b    []byte
+	n    int
+	rerr error
+	fn   func(fd uintptr) bool // r.readSome, bound on the first read
+}
+
+func (r *rawReader) read(rc syscall.RawConn, b []byte) (n int, rerr, err error) {
+	if r.fn == nil {
+		r.fn = r.readSome
+	}
+	r.b, r.n, r.rerr = b, 0, nil
+	err = rc.Read(r.fn)
+	n, rerr = r.n, r.rerr
+	r.b, r.rerr = nil, nil
+	return n, rerr, err
+}
+
+// readSome is the callback: false (wait until readable) while the socket is empty.
+func (r *rawReader) readSome(fd uintptr) bool {
+	r.n, r.rerr = readNonblock(fd, r.b)
+	return r.rerr != errWouldBlock
 }
