@@ -272,6 +272,15 @@ func TestPlainSessionRunsInline(t *testing.T) {
 	c.send("a5 NOOP\r\n")
 	c.expect("a5 OK …")
 	waitNoFlowGoroutines(t)
+
+	c.send("a6 LOGOUT\r\n")
+	c.expect("* BYE …")
+	c.expect("a6 OK …")
+	c.expectClosed()
+	tp.waitLog(t, "session end")
+	if n := m.dormantNow(); n != 0 {
+		t.Fatalf("directions waiting in the loops after the session's end = %d, want 0", n)
+	}
 }
 
 // If the loops stop (here: closed under a live session), their flows get goroutines that wait
