@@ -139,6 +139,16 @@ func newDormancyOn(m Metrics) *dormancy {
 	return d
 }
 
+// allStopped reports whether every loop has stopped (or there are none).
+func (d *dormancy) allStopped() bool {
+	for _, l := range d.loops {
+		if !l.stopped.Load() {
+			return false
+		}
+	}
+	return true
+}
+
 // start starts the loops' goroutines.
 func (d *dormancy) start() {
 	for _, l := range d.loops {
@@ -211,10 +221,18 @@ func (d *dormancy) watch(f *flow) error {
 
 // epollCtl registers f's source with its loop's epoll for events, or changes its
 // registration to them.
-func (d *dormancy) epollCtl(f *flow, events uint32) error {
+func (d *dormancy) epollCtl(f *flow, events uint32) error { return d.epollCtlAs(f, events, -1) }
+
+// epollCtlAs is epollCtl that first sets f's state to state (unless negative), under the
+// loop's lock: another epoll_ctl for f (the loop muting it for a goroutine it hands the flow
+// to) cannot come between the state and this call (rest).
+func (d *dormancy) epollCtlAs(f *flow, events uint32, state int32) error {
 	l := f.loop
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if state >= 0 {
+		f.state.Store(state)
+	}
 	if l.closed || f.forgotten {
 		return errDormancyClosed
 	}
@@ -302,6 +320,8 @@ func (l *pollLoop) run() {
 		// Closed, or the poller failed: no flow may stay dormant without it.
 		l.shutdown()
 	}
+	copyBufPool.put(l.bp)
+	l.bp = nil
 }
 
 // dispatch handles one event: an inline flow is copied, any other woken.
@@ -347,6 +367,9 @@ func (l *pollLoop) shutdown() {
 
 // sweep is the sweeper's look at one flow.
 func (f *flow) sweep() {
+	if l := f.loop; l != nil && l.stopped.Load() {
+		return // its loop is gone: asking it to go dormant would only wake it
+	}
 	// Only running flows with a socket are in the registry: bytes moved is all to check.
 	if f.busy.Swap(false) {
 		f.quiet = 0
@@ -401,8 +424,8 @@ func (s *Server) sweepOnce() {
 	if d == nil {
 		return
 	}
-	if len(d.loops) > 0 && d.loops[0].stopped.Load() {
-		return // the pollers are gone: no flow can go dormant, asking them would only wake them
+	if d.allStopped() {
+		return // the loops are gone: no flow can go dormant, asking them would only wake them
 	}
 	for i := range d.runningFlows {
 		sh := &d.runningFlows[i]

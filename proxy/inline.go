@@ -111,9 +111,10 @@ func (d *dormancy) recheck(f *flow) {
 
 // watchInline registers an inline flow's source with its loop's epoll, edge-triggered, for
 // good. Bytes already there fire at once: epoll_ctl looks at the socket's readiness.
-func (d *dormancy) watchInline(f *flow) error {
-	return d.epollCtl(f, syscall.EPOLLIN|syscall.EPOLLRDHUP|epollET)
-}
+func (d *dormancy) watchInline(f *flow) error { return d.epollCtl(f, inlineEvents) }
+
+// inlineEvents is an inline flow's registration while the loop copies it.
+const inlineEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
 
 // epollET is EPOLLET as the unsigned event mask (syscall's constant is a negative int).
 const epollET = 1 << 31
@@ -128,13 +129,15 @@ const epollMuted = epollET | syscall.EPOLLONESHOT
 // closing, or the loop has stopped).
 func (d *dormancy) rest(f *flow) bool {
 	d.count(1)
-	f.state.Store(flowDormant)
-	if err := d.watchInline(f); err != nil {
+	if err := d.epollCtlAs(f, inlineEvents, flowDormant); err != nil {
 		if f.state.CompareAndSwap(flowDormant, flowRunning) {
 			d.count(-1)
 			return false
 		}
-		return true // closeAll has started a new goroutine
+		// Someone took the flow in between: closeAll, which started a goroutine, or the
+		// loop, on an EPOLLHUP or EPOLLERR the muted registration can still report: its
+		// read then ends the flow.
+		return true
 	}
 	if (f.sp.closed.Load() || f.loop.stopped.Load()) && f.state.CompareAndSwap(flowDormant, flowRunning) {
 		d.count(-1)
@@ -215,6 +218,7 @@ func (c *inlineCopy) read(fd uintptr) {
 		left := c.w.b
 		c.w.b = nil
 		if c.w.err != nil {
+			f.acc.add(n - len(left)) // what went out before the error
 			c.res, c.err, c.w.err = inlineEnd, c.w.err, nil
 			return
 		}
