@@ -468,6 +468,13 @@ func (d *dormancy) running(f *flow, on bool) {
 		sh.flows[f] = struct{}{}
 	} else {
 		delete(sh.flows, f)
+		// A sweep between the flow's answer to a request (sleepReq cleared, deadline
+		// cleared) and this call may have made a new one: drop it here, under the lock
+		// sweeps take, or the flow would carry it into its next goroutine and go back at
+		// its first read.
+		if f.sleepReq.Swap(false) {
+			_ = f.srcRaw.SetReadDeadline(time.Time{})
+		}
 	}
 	sh.mu.Unlock()
 }
