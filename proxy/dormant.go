@@ -156,31 +156,43 @@ func (d *dormancy) start() {
 	}
 }
 
-// sleep makes f dormant. It returns false if f must go on running in the calling goroutine
-// (the session is closing, or the poller failed), true if the goroutine must end.
+// sleep makes f dormant when its goroutine has been quiet for DormantAfter: watched by its
+// loop for one event (EPOLLONESHOT), or, if it is an inline flow (inline.go), given back to
+// its loop. It returns false if f must go on running in the calling goroutine (the session
+// is closing, or the loop stopped), true if the goroutine must end.
 func (d *dormancy) sleep(f *flow) bool {
 	if d == nil || f.src.rc == nil || f.sp.closed.Load() || !d.register(f) {
 		return false
 	}
-	// Counted before the state changes: whoever wakes the flow counts it out.
-	d.count(1)
-	f.state.Store(flowDormant)
-	if err := d.watch(f); err != nil {
-		// Not registered: run on, unless closeAll has already woken the flow.
-		if f.state.CompareAndSwap(flowDormant, flowRunning) {
-			d.count(-1)
-			return false
-		}
-		return true
+	events := uint32(syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT)
+	if f.inline {
+		events = inlineEvents
 	}
-	if f.sp.closed.Load() && f.state.CompareAndSwap(flowDormant, flowRunning) {
-		d.count(-1)
+	if !d.park(f, events) {
 		return false
 	}
 	d.slept.Add(1)
-	if h := testHookDormant.Load(); h != nil {
-		(*h)(f)
+	return true
+}
+
+// park makes f, registered, dormant with its source watched by its loop for events: a level
+// one-shot or an edge-triggered registration fires at once for bytes already there (epoll_ctl
+// looks at the socket's readiness). It returns false if the caller must run f itself (the
+// registration failed, the session is closing or the loop has stopped), true if the caller
+// must not touch f any more. The state and the registration change under the loop's lock:
+// the loop muting f for a goroutine it hands f to cannot come between (inline.go).
+func (d *dormancy) park(f *flow, events uint32) bool {
+	// Counted before the state changes: whoever wakes the flow counts it out.
+	d.count(1)
+	err := d.epollCtl(f, flowDormant, events)
+	// Checked after the state says dormant: a close or a stop that came before then found
+	// f running and did not wake it.
+	if (err != nil || f.sp.closed.Load() || f.loop.stopped.Load()) &&
+		f.state.CompareAndSwap(flowDormant, flowRunning) {
+		d.count(-1)
+		return false
 	}
+	slept(f)
 	return true
 }
 
@@ -213,26 +225,15 @@ func (d *dormancy) register(f *flow) bool {
 	return true
 }
 
-// watch arms the dormancy epoll for f's source: one event, then the flow is running again.
-// Level-triggered one-shot: a source that became readable before this call fires at once.
-func (d *dormancy) watch(f *flow) error {
-	return d.epollCtl(f, syscall.EPOLLIN|syscall.EPOLLRDHUP|syscall.EPOLLONESHOT)
-}
-
-// epollCtl registers f's source with its loop's epoll for events, or changes its
-// registration to them.
-func (d *dormancy) epollCtl(f *flow, events uint32) error { return d.epollCtlAs(f, events, -1) }
-
-// epollCtlAs is epollCtl that first sets f's state to state (unless negative), under the
-// loop's lock: another epoll_ctl for f (the loop muting it for a goroutine it hands the flow
-// to) cannot come between the state and this call (rest).
-func (d *dormancy) epollCtlAs(f *flow, events uint32, state int32) error {
+// epollCtl sets f's state and registers f's source with its loop's epoll for events (or
+// changes its registration to them), both under the loop's lock: of two such changes for f
+// (a goroutine giving f back, the loop muting f for a goroutine it hands f to), neither's
+// registration can end up with the other's state.
+func (d *dormancy) epollCtl(f *flow, state int32, events uint32) error {
 	l := f.loop
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if state >= 0 {
-		f.state.Store(state)
-	}
+	f.state.Store(state)
 	if l.closed || f.forgotten {
 		return errDormancyClosed
 	}

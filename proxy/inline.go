@@ -22,7 +22,7 @@ import (
 //
 // That goroutine is an ordinary flow's (splice.go): it waits in the runtime's poller between
 // bursts, and when it has been quiet for DormantAfter the sweeper sends the flow back to the
-// loop (rest), as it would send another to sleep. A flow that ends in the loop (EOF, an
+// loop (sleep), as it sends another to sleep. A flow that ends in the loop (EOF, an
 // error) ends there: spliceState.ended waits for nothing. (If the session ends with it, its
 // end line is logged from the loop. imapgate serve's log writer appends the line to a batch;
 // a log destination that blocks would hold the loop when a batch is full, as it would hold
@@ -37,7 +37,7 @@ import (
 //
 // Ownership: flow.state says who may touch the flow. Dormant: nobody; the loop takes it on
 // an event (flowInline) and gives it back, or hands it to a goroutine (flowRunning) after
-// muting its registration, so no event comes for it while the goroutine runs. rest says
+// muting its registration, so no event comes for it while the goroutine runs. sleep says
 // dormant first and then turns the registration on again: an event that follows finds the
 // flow the loop's. Closing the session (closeAll) wakes a dormant flow as before; a flow in
 // the loop's hands sees spliceState.closed when the loop gives it back. The descriptors are
@@ -78,40 +78,24 @@ func (f *flow) canInline() bool {
 	return f.src.rc != nil && f.dst.rc != nil && !f.src.tls && !f.dst.tls && f.acc.tap == nil
 }
 
-// arm makes f, a flow that has not run yet, an inline one: dormant and watched for the
-// session's life. It returns false if the flow must run with a goroutine of its own.
+// arm makes f, a flow that has not run yet, an inline one: dormant and watched by its loop
+// for the session's life. It returns false if the flow must run with a goroutine.
 func (d *dormancy) arm(f *flow) bool {
-	if d == nil || !f.canInline() || !d.register(f) || f.loop.stopped.Load() {
+	if d == nil || !f.canInline() || !d.register(f) {
 		return false
 	}
 	f.inline = true
-	d.count(1)
-	f.state.Store(flowDormant)
-	if err := d.watchInline(f); err != nil {
-		if f.state.CompareAndSwap(flowDormant, flowRunning) {
-			d.count(-1)
-			f.inline = false // not watched: an ordinary flow
-			return false
-		}
-		return true // closeAll has started its goroutine already; it ends the flow
-	}
-	d.recheck(f)
-	slept(f)
-	return true
+	return d.park(f, inlineEvents)
 }
 
-// recheck runs f again if the session was closed, or the poller stopped, while f was
-// becoming dormant: whoever closed may have found it running and not woken it.
+// recheck runs f again if the session was closed, or the loop stopped, while f was
+// becoming dormant: whoever closed may have found it in the loop's hands and not woken it.
 func (d *dormancy) recheck(f *flow) {
 	if (f.sp.closed.Load() || f.loop.stopped.Load()) && f.state.CompareAndSwap(flowDormant, flowRunning) {
 		d.count(-1)
 		go f.run()
 	}
 }
-
-// watchInline registers an inline flow's source with its loop's epoll, edge-triggered, for
-// good. Bytes already there fire at once: epoll_ctl looks at the socket's readiness.
-func (d *dormancy) watchInline(f *flow) error { return d.epollCtl(f, inlineEvents) }
 
 // inlineEvents is an inline flow's registration while the loop copies it.
 const inlineEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET
@@ -121,32 +105,6 @@ const epollET = 1 << 31
 
 // epollMuted is an inline flow's registration while a goroutine runs it: no event asked.
 const epollMuted = epollET | syscall.EPOLLONESHOT
-
-// rest gives an inline flow back to its loop when its goroutine has been quiet for
-// DormantAfter (the sweeper's request, as for sleep): the loop's registration is turned on
-// again, which fires at once if bytes came since the goroutine's last read (epoll_ctl looks
-// at the socket's readiness). It returns false if the goroutine must go on (the session is
-// closing, or the loop has stopped).
-func (d *dormancy) rest(f *flow) bool {
-	d.count(1)
-	if err := d.epollCtlAs(f, inlineEvents, flowDormant); err != nil {
-		if f.state.CompareAndSwap(flowDormant, flowRunning) {
-			d.count(-1)
-			return false
-		}
-		// Someone took the flow in between: closeAll, which started a goroutine, or the
-		// loop, on an EPOLLHUP or EPOLLERR the muted registration can still report: its
-		// read then ends the flow.
-		return true
-	}
-	if (f.sp.closed.Load() || f.loop.stopped.Load()) && f.state.CompareAndSwap(flowDormant, flowRunning) {
-		d.count(-1)
-		return false
-	}
-	d.slept.Add(1)
-	slept(f)
-	return true
-}
 
 // slept calls testHookDormant, if set, for a flow that has become dormant.
 func slept(f *flow) {
@@ -175,7 +133,6 @@ func (l *pollLoop) onEvent(f *flow, events uint32) {
 		d.recheck(f)
 		slept(f)
 	case inlineEnd:
-		f.state.Store(flowEnded)
 		d.count(-1)
 		f.end(err)
 	default:
@@ -183,11 +140,10 @@ func (l *pollLoop) onEvent(f *flow, events uint32) {
 			f.carry, l.bp = l.bp, copyBufPool.get() // the goroutine takes the loop's buffer
 		}
 		// The goroutine waits in the runtime's poller from now on; the loop's registration
-		// is muted meanwhile (no event per arriving segment of a bulk transfer) until rest
+		// is muted meanwhile (no event per arriving segment of a bulk transfer) until sleep
 		// turns it on again. One-shot and edge-triggered: EPOLLHUP and EPOLLERR, which
 		// epoll reports whatever the mask, come once at most.
-		_ = d.epollCtl(f, epollMuted)
-		f.state.Store(flowRunning)
+		_ = d.epollCtl(f, flowRunning, epollMuted)
 		d.count(-1)
 		go f.run()
 	}
@@ -245,6 +201,7 @@ func (c *inlineCopy) read(fd uintptr) {
 
 // end finishes a flow: it leaves the dormancy table and tells the session.
 func (f *flow) end(err error) {
+	f.state.Store(flowEnded)
 	f.sp.s.srv.dormancy.forget(f)
 	f.sp.ended(f, err)
 }

@@ -203,15 +203,14 @@ func TestInlineLoopEndsAtFIN(t *testing.T) {
 }
 
 // While a goroutine owns the flow the loop hears nothing of it; when the goroutine gives it
-// back (rest), bytes that came meanwhile raise an event at once, and the loop copies them.
+// back (sleep), bytes that came meanwhile raise an event at once, and the loop copies them.
 func TestInlineRestAfterGoroutine(t *testing.T) {
 	r := newInlineRig(t)
 	d := r.l.d
 	// As onEvent hands a flow to a goroutine.
-	if err := d.epollCtl(r.f, epollMuted); err != nil {
+	if err := d.epollCtl(r.f, flowRunning, epollMuted); err != nil {
 		t.Fatal(err)
 	}
-	r.f.state.Store(flowRunning)
 	d.count(-1)
 	r.sender.Write([]byte("a1 NOOP\r\n"))
 	srcRC, _ := r.f.srcRaw.(*net.TCPConn).SyscallConn()
@@ -224,7 +223,7 @@ func TestInlineRestAfterGoroutine(t *testing.T) {
 	if n, _ := syscall.EpollWait(r.l.epfd, make([]syscall.EpollEvent, 1), 0); n != 0 {
 		t.Fatal("the loop got an event for a flow its goroutine runs")
 	}
-	if !d.rest(r.f) {
+	if !d.sleep(r.f) {
 		t.Fatal("rest refused a flow of a live session")
 	}
 	r.step()

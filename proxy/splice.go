@@ -194,7 +194,7 @@ func (f *flow) run() {
 				_ = f.srcRaw.SetReadDeadline(time.Time{})
 				f.sleepReq.Store(false)
 				d.running(f, false)
-				if f.inline && d.rest(f) || !f.inline && d.sleep(f) {
+				if d.sleep(f) {
 					return
 				}
 				d.running(f, true)
@@ -204,7 +204,6 @@ func (f *flow) run() {
 			break
 		}
 	}
-	f.state.Store(flowEnded)
 	f.end(err)
 }
 
