@@ -76,7 +76,9 @@ func (c *fdConn) Read(b []byte) (int, error) {
 	if err == nil {
 		err = rerr
 	}
-	if err != nil && err != io.EOF {
+	// A read that raced with Close may have found the socket already shut down (EOF): after
+	// Close a read says net.ErrClosed, as a net.TCPConn's does.
+	if err != nil && (err != io.EOF || c.closed.Load()) {
 		return 0, c.opErr("read", err)
 	}
 	return n, err
