@@ -182,12 +182,19 @@ type Result struct {
 	// backend. Behind a proxy Dovecot spends more per MB than direct (see the README).
 	BackendCPUPerOp float64 `json:"backend_cpu_per_op,omitempty"`
 
-	// Ratio is the main figure against direct (logins/s, MB/s), or for idle the memory per
-	// session against nginx (same TLS side); 0 if there is none.
+	// Ratio is the main figure against direct (logins/s, MB/s): the median of the rounds'
+	// ratios, each round against direct's run of the same round (paired.go); or for idle the
+	// memory per session against nginx (same TLS side); 0 if there is none.
 	Ratio float64 `json:"ratio,omitempty"`
-	// AddedP50 and AddedP99 are latency over direct.
+	// RoundRatios are the rounds' ratios against direct, in the order they ran (with more
+	// than one round).
+	RoundRatios []float64 `json:"round_ratios,omitempty"`
+	// AddedP50 and AddedP99 are latency over direct: the medians of the rounds' differences
+	// with direct's run of the same round.
 	AddedP50 time.Duration `json:"added_p50_ns,omitempty"`
 	AddedP99 time.Duration `json:"added_p99_ns,omitempty"`
+	// RoundAdded are the rounds' p50 differences with direct (with more than one round).
+	RoundAdded []time.Duration `json:"round_added_p50_ns,omitempty"`
 }
 
 // Report is a whole run.
@@ -299,6 +306,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	rep.Peers = describePeers(o.Targets, &o)
 
 	waitQuiet(ctx, b)
+	var peers []string // peerNotes of every scenario
 	for _, sc := range o.Scenarios {
 		rounds := o.Rounds
 		if sc == Idle {
@@ -333,12 +341,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				waitQuiet(ctx, b)
 			}
 		}
-		for _, rs := range runs {
-			rep.Results = append(rep.Results, median(rs))
+		d := slices.Index(o.Targets, Direct)
+		for i, rs := range runs {
+			m := median(rs)
+			if d >= 0 && i != d {
+				pairWithDirect(&m, rs, runs[d])
+			}
+			rep.Results = append(rep.Results, m)
 		}
+		peers = append(peers, peerNotes(sc, o.Targets, runs)...)
 	}
 	computeRatios(rep.Results)
 	rep.Notes = append(rep.Notes, notes(rep, &o)...)
+	rep.Notes = append(rep.Notes, peers...)
 	return rep, nil
 }
 
@@ -480,13 +495,16 @@ func computeRatios(rs []Result) {
 		if r.Error != "" || r.Skipped != "" {
 			continue
 		}
+		// Logins, throughput and latency were paired round by round with direct
+		// (pairWithDirect); this is for a result that was not (no rounds to pair).
+		paired := r.Ratio != 0 || r.AddedP50 != 0 || r.AddedP99 != 0
 		switch r.Scenario {
 		case Logins, Throughput:
-			if d := find(r.Scenario, Direct); d != nil && d.Rate > 0 {
+			if d := find(r.Scenario, Direct); d != nil && d.Rate > 0 && !paired {
 				r.Ratio = r.Rate / d.Rate
 			}
 		case Latency:
-			if d := find(r.Scenario, Direct); d != nil {
+			if d := find(r.Scenario, Direct); d != nil && !paired {
 				r.AddedP50, r.AddedP99 = r.P50-d.P50, r.P99-d.P99
 			}
 		case Idle:
@@ -616,6 +634,9 @@ func notes(rep *Report, o *Options) []string {
 	}
 	if o.Backend == "memory" {
 		out = append(out, "Backend memory: the IMAP server runs inside the bench process, so its CPU is in the load generator's column.")
+	}
+	if o.Rounds > 1 {
+		out = append(out, "vs: each round of a target is compared with direct's run of the same round, a few seconds before it, and the median of those comparisons is shown (the rounds' own after \"rounds\"): the machine's speed drifts between rounds by more than the targets differ.")
 	}
 	out = append(out, "Idle memory is the VmRSS growth of the proxy's whole process group (imapgate: one process; nginx: master and workers; Dovecot's proxy: master, auth, anvil, log, config, stats and imap-login processes) from before the first session to the end of the hold, divided by the sessions; fds likewise from /proc/PID/fd.")
 	skipped := map[string]bool{}

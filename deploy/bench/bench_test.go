@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -242,4 +244,76 @@ func TestPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log("\n" + table.String())
+}
+
+// A run whose machine sped up in its last round: the medians of each target's rounds come
+// from different rounds, the round-by-round comparison does not.
+func TestPairWithDirect(t *testing.T) {
+	direct := []Result{
+		{Scenario: Logins, Target: Direct, Rate: 818}, {Scenario: Logins, Target: Direct, Rate: 930},
+		{Scenario: Logins, Target: Direct, Rate: 1269},
+	}
+	ig := []Result{
+		{Scenario: Logins, Target: Imapgate, Rate: 625}, {Scenario: Logins, Target: Imapgate, Rate: 898},
+		{Scenario: Logins, Target: Imapgate, Rate: 929},
+	}
+	m := median(ig)
+	pairWithDirect(&m, ig, direct)
+	if got := fmt.Sprintf("%.2f", m.Ratio); got != "0.76" {
+		t.Errorf("ratio = %s, want 0.76 (the median of 0.76 0.97 0.73; medians alone gave 898/930 = 0.97)", got)
+	}
+	if got := roundsVsText(&m); got != "0.76 0.97 0.73× direct" {
+		t.Errorf("roundsVsText = %q", got)
+	}
+	rs := []Result{m, median(direct)}
+	computeRatios(rs)
+	if got := fmt.Sprintf("%.2f", rs[0].Ratio); got != "0.76" {
+		t.Errorf("computeRatios replaced the paired ratio: %s", got)
+	}
+
+	// A round that failed on either side is left out.
+	ig[2].Error = "boom"
+	m = Result{Scenario: Logins, Target: Imapgate, Rate: 898}
+	pairWithDirect(&m, ig, direct)
+	if got := roundsVsText(&m); got != "0.76 0.97× direct" {
+		t.Errorf("with a failed round: %q", got)
+	}
+
+	lat := []Result{{Scenario: Latency, P50: 150_000, P99: 300_000}, {Scenario: Latency, P50: 140_000, P99: 250_000}, {Scenario: Latency, P50: 190_000, P99: 330_000}}
+	dlat := []Result{{Scenario: Latency, P50: 80_000, P99: 200_000}, {Scenario: Latency, P50: 60_000, P99: 150_000}, {Scenario: Latency, P50: 120_000, P99: 240_000}}
+	m = median(lat)
+	pairWithDirect(&m, lat, dlat)
+	if m.AddedP50 != 70_000 || m.AddedP99 != 100_000 || roundsVsText(&m) != "+70 +80 +70 µs" {
+		t.Errorf("latency: added p50 %v, p99 %v, rounds %q", m.AddedP50, m.AddedP99, roundsVsText(&m))
+	}
+}
+
+func TestPeerNotes(t *testing.T) {
+	targets := []string{Direct, Imapgate, DovecotProxy, Nginx}
+	rounds := func(tg string, rates ...float64) []Result {
+		var rs []Result
+		for _, r := range rates {
+			rs = append(rs, Result{Scenario: Logins, Target: tg, Rate: r})
+		}
+		return rs
+	}
+	runs := [][]Result{
+		rounds(Direct, 818, 930, 1269), rounds(Imapgate, 625, 898, 929),
+		rounds(DovecotProxy, 535, 863, 897), rounds(Nginx, 730, 979, 1048),
+	}
+	got := peerNotes(Logins, targets, runs)
+	want := []string{
+		"logins: imapgate ÷ dovecot-proxy, round by round: 1.17 1.04 1.04× (median 1.04×).",
+		"logins: imapgate ÷ nginx, round by round: 0.86 0.92 0.89× (median 0.89×).",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("peerNotes =\n%q\nwant\n%q", got, want)
+	}
+	lat := [][]Result{nil, {{Scenario: Latency, P50: 150_000}}, nil, {{Scenario: Latency, P50: 145_000}}}
+	if got := peerNotes(Latency, targets, lat); len(got) != 1 || got[0] != "latency: imapgate's p50 − nginx's, round by round: +5.0 µs (median +5.0 µs)." {
+		t.Errorf("latency peerNotes = %q", got)
+	}
+	if got := peerNotes(Idle, targets, runs); got != nil {
+		t.Errorf("idle has no round-by-round note: %q", got)
+	}
 }

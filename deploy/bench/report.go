@@ -117,6 +117,9 @@ func row(r *Result) (result, vs, details string) {
 	}
 	if len(r.Runs) > 1 && !failed {
 		details += "; rounds " + runsText(r)
+		if t := roundsVsText(r); t != "" {
+			details += " (" + t + ")"
+		}
 	}
 	if failed {
 		if r.Count == 0 && r.Opened == 0 {
@@ -153,6 +156,26 @@ func runsText(r *Result) string {
 	}
 	unit := map[string]string{Logins: " logins/s", Throughput: " MB/s", Latency: " µs p50"}[r.Scenario]
 	return strings.Join(parts, " ") + unit
+}
+
+// roundsVsText lists every round's comparison with direct's run of the same round, e.g.
+// "0.76 0.97 0.73× direct" or "+62 +70 +58 µs".
+func roundsVsText(r *Result) string {
+	switch {
+	case len(r.RoundRatios) > 1:
+		parts := make([]string, len(r.RoundRatios))
+		for i, f := range r.RoundRatios {
+			parts[i] = fmt.Sprintf("%.2f", f)
+		}
+		return strings.Join(parts, " ") + "× direct"
+	case len(r.RoundAdded) > 1:
+		parts := make([]string, len(r.RoundAdded))
+		for i, d := range r.RoundAdded {
+			parts[i] = fmt.Sprintf("%+.0f", float64(d)/1e3)
+		}
+		return strings.Join(parts, " ") + " µs"
+	}
+	return ""
 }
 
 func dur(d time.Duration) string {

@@ -1,0 +1,117 @@
+package bench
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// This file compares targets round by round. The machine's speed drifts between rounds by
+// more than the targets differ: in one run direct's logins/s went 818, 930, 1 269 over its
+// three rounds. A ratio of two medians taken from different rounds carries that drift (that
+// run's medians gave imapgate 0.97× direct; its rounds, each against direct's run of the
+// same round, 0.76, 0.97 and 0.73×). So every comparison is made within a round, between
+// runs a few seconds apart, and the median of the per-round comparisons is reported.
+
+// pairWithDirect sets m's comparison with direct (Ratio, or AddedP50 and AddedP99 for
+// latency) from the rounds: rs are the target's, ds direct's, round by round. A round that
+// failed on either side is left out.
+func pairWithDirect(m *Result, rs, ds []Result) {
+	if m.Error != "" || m.Skipped != "" {
+		return
+	}
+	var ratios []float64
+	var add50, add99 []time.Duration
+	for k := range min(len(rs), len(ds)) {
+		r, d := &rs[k], &ds[k]
+		if !usable(r) || !usable(d) {
+			continue
+		}
+		switch m.Scenario {
+		case Logins, Throughput:
+			if d.Rate > 0 {
+				ratios = append(ratios, r.Rate/d.Rate)
+			}
+		case Latency:
+			add50 = append(add50, r.P50-d.P50)
+			add99 = append(add99, r.P99-d.P99)
+		}
+	}
+	if len(ratios) > 0 {
+		m.Ratio = medianOf(ratios)
+		if len(ratios) > 1 {
+			m.RoundRatios = ratios
+		}
+	}
+	if len(add50) > 0 {
+		m.AddedP50, m.AddedP99 = medianOf(add50), medianOf(add99)
+		if len(add50) > 1 {
+			m.RoundAdded = add50
+		}
+	}
+}
+
+func usable(r *Result) bool { return r.Error == "" && r.Skipped == "" }
+
+// medianOf returns the median (the lower of the middle two for an even count), as median
+// picks the median round.
+func medianOf[T cmp.Ordered](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[(len(s)-1)/2]
+}
+
+// peerPairs are the comparisons issue 3's targets name: imapgate against Dovecot's proxy
+// and nginx, with the same TLS side.
+var peerPairs = [][2]string{
+	{Imapgate, DovecotProxy}, {Imapgate, Nginx},
+	{ImapgateTLS, DovecotProxyTLS}, {ImapgateTLS, NginxTLS},
+}
+
+// peerNotes compares imapgate with its peers round by round, for one scenario: runs holds
+// every target's rounds, in targets' order. logins and throughput: imapgate's figure
+// divided by the peer's; latency: imapgate's p50 minus the peer's.
+func peerNotes(sc string, targets []string, runs [][]Result) []string {
+	if sc != Logins && sc != Throughput && sc != Latency {
+		return nil
+	}
+	var out []string
+	for _, p := range peerPairs {
+		a, b := slices.Index(targets, p[0]), slices.Index(targets, p[1])
+		if a < 0 || b < 0 {
+			continue
+		}
+		var ratios []float64
+		var diffs []time.Duration
+		for k := range min(len(runs[a]), len(runs[b])) {
+			x, y := &runs[a][k], &runs[b][k]
+			if !usable(x) || !usable(y) {
+				continue
+			}
+			if sc == Latency {
+				diffs = append(diffs, x.P50-y.P50)
+			} else if y.Rate > 0 {
+				ratios = append(ratios, x.Rate/y.Rate)
+			}
+		}
+		switch {
+		case len(ratios) > 0:
+			parts := make([]string, len(ratios))
+			for i, r := range ratios {
+				parts[i] = fmt.Sprintf("%.2f", r)
+			}
+			out = append(out, fmt.Sprintf("%s: %s ÷ %s, round by round: %s× (median %.2f×).",
+				sc, p[0], p[1], strings.Join(parts, " "), medianOf(ratios)))
+		case len(diffs) > 0:
+			parts := make([]string, len(diffs))
+			for i, d := range diffs {
+				parts[i] = signedDur(d)
+			}
+			out = append(out, fmt.Sprintf("%s: %s's p50 − %s's, round by round: %s (median %s).",
+				sc, p[0], p[1], strings.Join(parts, ", "), signedDur(medianOf(diffs))))
+		}
+	}
+	return out
+}
