@@ -638,7 +638,9 @@ func notes(rep *Report, o *Options) []string {
 	if o.Rounds > 1 && slices.ContainsFunc(o.Scenarios, func(sc string) bool { return sc != Idle }) {
 		out = append(out, "vs: each round of a target is compared with direct's run of the same round, a few seconds before it, and the median of those comparisons is shown (the rounds' own after \"rounds\"): the machine's speed drifts between rounds by more than the targets differ.")
 	}
-	out = append(out, "Idle memory is the VmRSS growth of the proxy's whole process group (imapgate: one process; nginx: master and workers; Dovecot's proxy: master, auth, anvil, log, config, stats and imap-login processes) from before the first session to the end of the hold, divided by the sessions; fds likewise from /proc/PID/fd.")
+	if slices.Contains(o.Scenarios, Idle) {
+		out = append(out, "Idle memory is the VmRSS growth of the proxy's whole process group (imapgate: one process; nginx: master and workers; Dovecot's proxy: master, auth, anvil, log, config, stats and imap-login processes) from before the first session to the end of the hold, divided by the sessions; fds likewise from /proc/PID/fd.")
+	}
 	skipped := map[string]bool{}
 	for _, r := range rep.Results {
 		if r.Skipped != "" && !skipped[r.Target] {
