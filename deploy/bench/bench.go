@@ -195,6 +195,8 @@ type Result struct {
 	AddedP99 time.Duration `json:"added_p99_ns,omitempty"`
 	// RoundAdded are the rounds' p50 differences with direct (with more than one round).
 	RoundAdded []time.Duration `json:"round_added_p50_ns,omitempty"`
+	// paired says pairWithDirect set the comparison with direct: computeRatios leaves it.
+	paired bool
 }
 
 // Report is a whole run.
@@ -495,16 +497,15 @@ func computeRatios(rs []Result) {
 		if r.Error != "" || r.Skipped != "" {
 			continue
 		}
-		// Logins, throughput and latency were paired round by round with direct
-		// (pairWithDirect); this is for a result that was not (no rounds to pair).
-		paired := r.Ratio != 0 || r.AddedP50 != 0 || r.AddedP99 != 0
+		// Logins, throughput and latency are compared with direct round by round
+		// (pairWithDirect); this is for a result that was not.
 		switch r.Scenario {
 		case Logins, Throughput:
-			if d := find(r.Scenario, Direct); d != nil && d.Rate > 0 && !paired {
+			if d := find(r.Scenario, Direct); d != nil && d.Rate > 0 && !r.paired {
 				r.Ratio = r.Rate / d.Rate
 			}
 		case Latency:
-			if d := find(r.Scenario, Direct); d != nil && !paired {
+			if d := find(r.Scenario, Direct); d != nil && !r.paired {
 				r.AddedP50, r.AddedP99 = r.P50-d.P50, r.P99-d.P99
 			}
 		case Idle:

@@ -40,13 +40,13 @@ func pairWithDirect(m *Result, rs, ds []Result) {
 		}
 	}
 	if len(ratios) > 0 {
-		m.Ratio = medianOf(ratios)
+		m.Ratio, m.paired = medianOf(ratios), true
 		if len(ratios) > 1 {
 			m.RoundRatios = ratios
 		}
 	}
 	if len(add50) > 0 {
-		m.AddedP50, m.AddedP99 = medianOf(add50), medianOf(add99)
+		m.AddedP50, m.AddedP99, m.paired = medianOf(add50), medianOf(add99), true
 		if len(add50) > 1 {
 			m.RoundAdded = add50
 		}
