@@ -271,12 +271,20 @@ func TestPairWithDirect(t *testing.T) {
 		t.Errorf("computeRatios replaced the paired ratio: %s", got)
 	}
 
-	// A round that failed on either side is left out.
-	ig[2].Error = "boom"
-	m = Result{Scenario: Logins, Target: Imapgate, Rate: 898}
+	// A round in which direct failed is left out of the ratio, and the rounds' own ratios,
+	// which would no longer line up with the rounds' figures, are not shown.
+	direct[2].Error = "boom"
+	m = median(ig)
 	pairWithDirect(&m, ig, direct)
-	if got := roundsVsText(&m); got != "0.76 0.97× direct" {
-		t.Errorf("with a failed round: %q", got)
+	if got := fmt.Sprintf("%.2f", m.Ratio); got != "0.76" || roundsVsText(&m) != "" {
+		t.Errorf("with direct failed in a round: ratio %s, rounds %q", got, roundsVsText(&m))
+	}
+	// A target that failed in a round is reported failed, with no ratio.
+	direct[2].Error, ig[1].Error = "", "boom"
+	m = median(ig)
+	pairWithDirect(&m, ig, direct)
+	if m.Error != "boom" || m.Ratio != 0 {
+		t.Errorf("a target failed in a round: %+v", m)
 	}
 
 	lat := []Result{{Scenario: Latency, P50: 150_000, P99: 300_000}, {Scenario: Latency, P50: 140_000, P99: 250_000}, {Scenario: Latency, P50: 190_000, P99: 330_000}}
@@ -315,5 +323,10 @@ func TestPeerNotes(t *testing.T) {
 	}
 	if got := peerNotes(Idle, targets, runs); got != nil {
 		t.Errorf("idle has no round-by-round note: %q", got)
+	}
+	// nginx failed a round: the table says it failed, and no note compares with it.
+	runs[3][1].Error = "boom"
+	if got := peerNotes(Logins, targets, runs); len(got) != 1 || !strings.Contains(got[0], "dovecot-proxy") {
+		t.Errorf("with nginx failed in a round: %q", got)
 	}
 }

@@ -16,8 +16,10 @@ import (
 // runs a few seconds apart, and the median of the per-round comparisons is reported.
 
 // pairWithDirect sets m's comparison with direct (Ratio, or AddedP50 and AddedP99 for
-// latency) from the rounds: rs are the target's, ds direct's, round by round. A round that
-// failed on either side is left out.
+// latency) from the rounds: rs are the target's, ds direct's, round by round. A target with
+// a failed round is reported as failed (median) and gets none. A round in which direct
+// failed is left out; the rounds' own comparisons (RoundRatios, RoundAdded) are kept only
+// when every round had one, so that they line up with Runs.
 func pairWithDirect(m *Result, rs, ds []Result) {
 	if m.Error != "" || m.Skipped != "" {
 		return
@@ -41,19 +43,22 @@ func pairWithDirect(m *Result, rs, ds []Result) {
 	}
 	if len(ratios) > 0 {
 		m.Ratio, m.paired = medianOf(ratios), true
-		if len(ratios) > 1 {
+		if len(ratios) > 1 && len(ratios) == len(rs) {
 			m.RoundRatios = ratios
 		}
 	}
 	if len(add50) > 0 {
 		m.AddedP50, m.AddedP99, m.paired = medianOf(add50), medianOf(add99), true
-		if len(add50) > 1 {
+		if len(add50) > 1 && len(add50) == len(rs) {
 			m.RoundAdded = add50
 		}
 	}
 }
 
 func usable(r *Result) bool { return r.Error == "" && r.Skipped == "" }
+
+// unusable is !usable for a Result value, for slices.ContainsFunc.
+func unusable(r Result) bool { return !usable(&r) }
 
 // medianOf returns the median (the lower of the middle two for an even count), as median
 // picks the median round.
@@ -72,7 +77,9 @@ var peerPairs = [][2]string{
 
 // peerNotes compares imapgate with its peers round by round, for one scenario: runs holds
 // every target's rounds, in targets' order. logins and throughput: imapgate's figure
-// divided by the peer's; latency: imapgate's p50 minus the peer's.
+// divided by the peer's; latency: imapgate's p50 minus the peer's. A pair of which either
+// side failed or was skipped in any round is left out, as the table reports that side
+// failed.
 func peerNotes(sc string, targets []string, runs [][]Result) []string {
 	if sc != Logins && sc != Throughput && sc != Latency {
 		return nil
@@ -83,13 +90,14 @@ func peerNotes(sc string, targets []string, runs [][]Result) []string {
 		if a < 0 || b < 0 {
 			continue
 		}
+		if len(runs[a]) == 0 || slices.ContainsFunc(runs[a], unusable) ||
+			slices.ContainsFunc(runs[b], unusable) {
+			continue
+		}
 		var ratios []float64
 		var diffs []time.Duration
 		for k := range min(len(runs[a]), len(runs[b])) {
 			x, y := &runs[a][k], &runs[b][k]
-			if !usable(x) || !usable(y) {
-				continue
-			}
 			if sc == Latency {
 				diffs = append(diffs, x.P50-y.P50)
 			} else if y.Rate > 0 {
