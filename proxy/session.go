@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,7 +185,11 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.loginTimeout())
 	defer cancel()
-	log := s.srv.log.With(append(s.logFields(2), zap.String("user", cr.user), zap.String("mechanism", mech))...)
+	// The login's lines carry these fields first. They are appended per line (each append
+	// copies: lf has no spare capacity), not bound with log.With, which clones the
+	// logger's encoder for every login.
+	log := s.srv.log
+	lf := slices.Clip(append(s.logFields(3), zap.String("user", cr.user), zap.String("mechanism", mech)))
 
 	req := routing.Request{
 		User:      cr.user,
@@ -198,11 +203,12 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	dec, err := s.srv.opts.Router.Route(ctx, req)
 	if err != nil {
 		m.Login("unavailable", mech, time.Since(s.start))
-		log.Warn("login failed", zap.String("reason", "unavailable"), zap.Error(err))
+		log.Warn("login failed", append(lf, zap.String("reason", "unavailable"), zap.Error(err))...)
 		s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
 		return stay, nil
 	}
-	log = log.With(zap.String("shard", dec.Shard))
+	lf = append(lf, zap.String("shard", dec.Shard))
+	lf = slices.Clip(lf)
 	ci := clientInfo{client: req.Client, local: req.Local, sessionID: s.id}
 	upCreds := cr
 	if dec.UpstreamUser != "" {
@@ -217,13 +223,13 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 			s.mu.Lock()
 			s.user, s.mech, s.shard, s.backend, s.up = cr.user, mech, dec.Shard, be.Address, up
 			s.mu.Unlock()
-			fields := []zap.Field{
+			fields := append(lf,
 				zap.String("backend", be.Address),
 				zap.String("route", dec.Reason),
 				zap.String("upstream_mechanism", res.mech),
 				zap.Bool("client_tls", s.clientTLS),
 				zap.Bool("backend_tls", up.tls),
-			}
+			)
 			if s.clientID != nil {
 				fields = append(fields, zap.Strings("client_id", s.clientID))
 			}
@@ -235,8 +241,8 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 			}
 			return handedOff, nil
 		case errors.As(err, &af):
-			log.Info("login failed", zap.String("backend", be.Address),
-				zap.String("reason", "auth_failed"), zap.Error(err))
+			log.Info("login failed", append(lf, zap.String("backend", be.Address),
+				zap.String("reason", "auth_failed"), zap.Error(err))...)
 			m.Login("auth_failed", mech, time.Since(s.start))
 			if af.code == "UNAVAILABLE" {
 				s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
@@ -245,13 +251,13 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 			}
 			return stay, nil
 		}
-		log.Warn("backend failed", zap.String("backend", be.Address), zap.Error(err))
+		log.Warn("backend failed", append(lf, zap.String("backend", be.Address), zap.Error(err))...)
 		lastErr = err
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	log.Warn("login failed", zap.String("reason", "unavailable"), zap.Error(lastErr))
+	log.Warn("login failed", append(lf, zap.String("reason", "unavailable"), zap.Error(lastErr))...)
 	if s.closing.Load() {
 		m.Login("aborted", mech, time.Since(s.start))
 		return hangUp, errors.New("server shutting down")
