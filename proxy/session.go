@@ -207,8 +207,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 		s.writef("%s NO [UNAVAILABLE] Service temporarily unavailable.\r\n", tag)
 		return stay, nil
 	}
-	lf = append(lf, zap.String("shard", dec.Shard))
-	lf = slices.Clip(lf)
+	lf = slices.Clip(append(lf, zap.String("shard", dec.Shard)))
 	ci := clientInfo{client: req.Client, local: req.Local, sessionID: s.id}
 	upCreds := cr
 	if dec.UpstreamUser != "" {

@@ -179,32 +179,40 @@ func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.In
 // run is a flow's goroutine; named so it shows in stack dumps. It copies until the flow
 // ends, or until it goes dormant at the sweeper's request.
 func (f *flow) run() {
-	d := f.sp.s.srv.dormancy
 	var err error
 	if f.inline {
 		err = f.resume()
 	}
 	if err == nil {
-		d.running(f, true)
-		for {
-			_, err = copyConn(f.dst, f.src, f.acc)
-			if err != nil && f.sleepReq.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-				// Deadline first: a sweep in between sees the request still standing and
-				// makes no new one, so none is lost with its deadline.
-				_ = f.srcRaw.SetReadDeadline(time.Time{})
-				f.sleepReq.Store(false)
-				d.running(f, false)
-				if d.sleep(f) {
-					return
-				}
-				d.running(f, true)
-				continue
-			}
-			d.running(f, false)
-			break
+		var slept bool
+		if slept, err = f.copyOrSleep(); slept {
+			return
 		}
 	}
 	f.end(err)
+}
+
+// copyOrSleep copies until the flow ends (the copy's error, nil at EOF) or goes dormant at the
+// sweeper's request (slept: a dormancy loop has it now).
+func (f *flow) copyOrSleep() (slept bool, err error) {
+	d := f.sp.s.srv.dormancy
+	d.running(f, true)
+	for {
+		_, err = copyConn(f.dst, f.src, f.acc)
+		if err == nil || !f.sleepReq.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+			d.running(f, false)
+			return false, err
+		}
+		// Deadline first: a sweep in between sees the request still standing and makes no
+		// new one, so none is lost with its deadline.
+		_ = f.srcRaw.SetReadDeadline(time.Time{})
+		f.sleepReq.Store(false)
+		d.running(f, false)
+		if d.sleep(f) {
+			return true, nil
+		}
+		d.running(f, true)
+	}
 }
 
 // wake gives a dormant flow a goroutine again.

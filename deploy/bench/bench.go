@@ -195,8 +195,6 @@ type Result struct {
 	AddedP99 time.Duration `json:"added_p99_ns,omitempty"`
 	// RoundAdded are the rounds' p50 differences with direct (with more than one round).
 	RoundAdded []time.Duration `json:"round_added_p50_ns,omitempty"`
-	// paired says pairWithDirect set the comparison with direct: computeRatios leaves it.
-	paired bool
 }
 
 // Report is a whole run.
@@ -482,7 +480,8 @@ func waitQuiet(ctx context.Context, b *backend) {
 	}
 }
 
-// computeRatios fills Ratio and the added latencies.
+// computeRatios fills the comparisons not made round by round (pairWithDirect makes the
+// others): direct's own ratio, and idle's memory against nginx.
 func computeRatios(rs []Result) {
 	find := func(sc, tg string) *Result {
 		for i := range rs {
@@ -497,16 +496,10 @@ func computeRatios(rs []Result) {
 		if r.Error != "" || r.Skipped != "" {
 			continue
 		}
-		// Logins, throughput and latency are compared with direct round by round
-		// (pairWithDirect); this is for a result that was not.
 		switch r.Scenario {
 		case Logins, Throughput:
-			if d := find(r.Scenario, Direct); d != nil && d.Rate > 0 && !r.paired {
-				r.Ratio = r.Rate / d.Rate
-			}
-		case Latency:
-			if d := find(r.Scenario, Direct); d != nil && !r.paired {
-				r.AddedP50, r.AddedP99 = r.P50-d.P50, r.P99-d.P99
+			if r.Target == Direct && r.Rate > 0 {
+				r.Ratio = 1
 			}
 		case Idle:
 			ref := Nginx

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -21,38 +20,44 @@ import (
 // failed is left out; the rounds' own comparisons (RoundRatios, RoundAdded) are kept only
 // when every round had one, so that they line up with Runs.
 func pairWithDirect(m *Result, rs, ds []Result) {
-	if m.Error != "" || m.Skipped != "" {
+	if !usable(m) {
 		return
 	}
-	var ratios []float64
-	var add50, add99 []time.Duration
-	for k := range min(len(rs), len(ds)) {
-		r, d := &rs[k], &ds[k]
-		if !usable(r) || !usable(d) {
-			continue
-		}
-		switch m.Scenario {
-		case Logins, Throughput:
-			if d.Rate > 0 {
-				ratios = append(ratios, r.Rate/d.Rate)
-			}
-		case Latency:
-			add50 = append(add50, r.P50-d.P50)
-			add99 = append(add99, r.P99-d.P99)
-		}
-	}
+	ratios, add50, add99 := compareRounds(m.Scenario, rs, ds)
 	if len(ratios) > 0 {
-		m.Ratio, m.paired = medianOf(ratios), true
+		m.Ratio = medianOf(ratios)
 		if len(ratios) > 1 && len(ratios) == len(rs) {
 			m.RoundRatios = ratios
 		}
 	}
 	if len(add50) > 0 {
-		m.AddedP50, m.AddedP99, m.paired = medianOf(add50), medianOf(add99), true
+		m.AddedP50, m.AddedP99 = medianOf(add50), medianOf(add99)
 		if len(add50) > 1 && len(add50) == len(rs) {
 			m.RoundAdded = add50
 		}
 	}
+}
+
+// compareRounds compares xs with ys round by round, leaving out a round that failed or
+// was skipped on either side: for logins and throughput each round's rate ratio x/y, for
+// latency each round's p50 and p99 differences x−y.
+func compareRounds(sc string, xs, ys []Result) (ratios []float64, d50, d99 []time.Duration) {
+	for k := range min(len(xs), len(ys)) {
+		x, y := &xs[k], &ys[k]
+		if !usable(x) || !usable(y) {
+			continue
+		}
+		switch sc {
+		case Logins, Throughput:
+			if y.Rate > 0 {
+				ratios = append(ratios, x.Rate/y.Rate)
+			}
+		case Latency:
+			d50 = append(d50, x.P50-y.P50)
+			d99 = append(d99, x.P99-y.P99)
+		}
+	}
+	return ratios, d50, d99
 }
 
 func usable(r *Result) bool { return r.Error == "" && r.Skipped == "" }
@@ -94,31 +99,14 @@ func peerNotes(sc string, targets []string, runs [][]Result) []string {
 			slices.ContainsFunc(runs[b], unusable) {
 			continue
 		}
-		var ratios []float64
-		var diffs []time.Duration
-		for k := range min(len(runs[a]), len(runs[b])) {
-			x, y := &runs[a][k], &runs[b][k]
-			if sc == Latency {
-				diffs = append(diffs, x.P50-y.P50)
-			} else if y.Rate > 0 {
-				ratios = append(ratios, x.Rate/y.Rate)
-			}
-		}
+		ratios, diffs, _ := compareRounds(sc, runs[a], runs[b])
 		switch {
 		case len(ratios) > 0:
-			parts := make([]string, len(ratios))
-			for i, r := range ratios {
-				parts[i] = fmt.Sprintf("%.2f", r)
-			}
 			out = append(out, fmt.Sprintf("%s: %s ÷ %s, round by round: %s× (median %.2f×).",
-				sc, p[0], p[1], strings.Join(parts, " "), medianOf(ratios)))
+				sc, p[0], p[1], joinf(ratios, " ", ratioText), medianOf(ratios)))
 		case len(diffs) > 0:
-			parts := make([]string, len(diffs))
-			for i, d := range diffs {
-				parts[i] = signedDur(d)
-			}
 			out = append(out, fmt.Sprintf("%s: %s's p50 − %s's, round by round: %s (median %s).",
-				sc, p[0], p[1], strings.Join(parts, ", "), signedDur(medianOf(diffs))))
+				sc, p[0], p[1], joinf(diffs, ", ", signedDur), signedDur(medianOf(diffs))))
 		}
 	}
 	return out

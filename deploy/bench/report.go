@@ -146,16 +146,13 @@ func summary(r *Result) string {
 
 // runsText lists every round's main figure, e.g. "465 593 512 MB/s".
 func runsText(r *Result) string {
-	parts := make([]string, len(r.Runs))
-	for i, f := range r.Runs {
-		if r.Scenario == Latency {
-			parts[i] = fmt.Sprintf("%.0f", f/1e3)
-		} else {
-			parts[i] = fmt.Sprintf("%.0f", f)
-		}
-	}
 	unit := map[string]string{Logins: " logins/s", Throughput: " MB/s", Latency: " µs p50"}[r.Scenario]
-	return strings.Join(parts, " ") + unit
+	return joinf(r.Runs, " ", func(f float64) string {
+		if r.Scenario == Latency {
+			f /= 1e3
+		}
+		return fmt.Sprintf("%.0f", f)
+	}) + unit
 }
 
 // roundsVsText lists every round's comparison with direct's run of the same round, e.g.
@@ -163,19 +160,22 @@ func runsText(r *Result) string {
 func roundsVsText(r *Result) string {
 	switch {
 	case len(r.RoundRatios) > 1:
-		parts := make([]string, len(r.RoundRatios))
-		for i, f := range r.RoundRatios {
-			parts[i] = fmt.Sprintf("%.2f", f)
-		}
-		return strings.Join(parts, " ") + "× direct"
+		return joinf(r.RoundRatios, " ", ratioText) + "× direct"
 	case len(r.RoundAdded) > 1:
-		parts := make([]string, len(r.RoundAdded))
-		for i, d := range r.RoundAdded {
-			parts[i] = fmt.Sprintf("%+.0f", float64(d)/1e3)
-		}
-		return strings.Join(parts, " ") + " µs"
+		return joinf(r.RoundAdded, " ", func(d time.Duration) string { return fmt.Sprintf("%+.0f", float64(d)/1e3) }) + " µs"
 	}
 	return ""
+}
+
+func ratioText(f float64) string { return fmt.Sprintf("%.2f", f) }
+
+// joinf formats each of v with f and joins them with sep.
+func joinf[T any](v []T, sep string, f func(T) string) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = f(x)
+	}
+	return strings.Join(parts, sep)
 }
 
 func dur(d time.Duration) string {
