@@ -18,17 +18,19 @@
 //	upstream.go upstream login: dial, TLS or STARTTLS, CAPABILITY, ID forwarding of the client
 //	            address (Dovecot's x-originating-ip), AUTHENTICATE PLAIN or LOGIN
 //	response.go the backend response reader used by the upstream login
-//	splice.go   splice: raw bytes both ways, one flow (goroutine) per direction; short
-//	            messages through a pooled buffer, bulk bursts by splice(2) between plain TCP,
-//	            bulk bursts to a TLS side with their records gathered into one write
+//	splice.go   splice: raw bytes both ways, one flow per direction, copied by a goroutine
+//	            where a side is TLS (or observed): short messages through a pooled buffer,
+//	            bulk bursts to a TLS side with their records gathered into one write, bulk
+//	            bursts between plain TCP by splice(2) where no loop copies them
 //	rawio.go    the system calls under it: non-blocking reads and writes through
 //	            RawSyscall, waits in the runtime's poller, pooled pipes, TLS without blocking
 //	dormant.go  the dormancy loops (an epoll instance and a goroutine per core): a flow
 //	            silent for Options.DormantAfter hands its wait to one and its goroutine ends,
 //	            so an idle session holds no goroutine; a sweeper finds quiet flows in its own
 //	            registry of running ones, never under Server.mu
-//	inline.go   between plain sockets the loops copy the messages themselves: a flow has a
-//	            goroutine only while bulk data moves or its destination is full
+//	inline.go   between plain sockets the loops copy the bytes themselves, bulk data included:
+//	            a flow whose destination is full waits in its loop for EPOLLOUT, with no
+//	            goroutine
 //	keepalive.go TCP keepalive: once on the listening socket (inherited), per backend dial
 //	observe.go  the optional traffic observer (commands, IDLE, timings) on the copied bytes
 //

@@ -59,6 +59,9 @@ func (s *Server) dormantAfter() time.Duration {
 // a flow of one test's proxy may still be going dormant while the next test sets it.
 var testHookDormant atomic.Pointer[func(*flow)]
 
+// testHookRun, if set (by tests), is called as a flow's goroutine starts.
+var testHookRun atomic.Pointer[func(*flow)]
+
 // dormancy is the server's pollers for dormant flows, and the registry of running ones for
 // the sweeper. A nil *dormancy keeps every flow running.
 type dormancy struct {
@@ -89,8 +92,10 @@ type pollLoop struct {
 	closed bool
 
 	stopped atomic.Bool  // closed or failed: its inline flows park in the runtime's poller
-	bp      *[]byte      // the buffer of inline copies (inline.go); the loop goroutine's only
+	bp      *[]byte      // the buffer of inline copies, loopBufSize (inline.go); the loop goroutine's only
 	cp      inlineCopy   // the inline copy being made; the loop goroutine's only
+	again   []*flow      // inline flows that had their share and read on next turn; the loop goroutine's only
+	queued  []*flow      // again's other slice (turn swaps them); the loop goroutine's only
 	ctl     epollCtlCall // under mu
 }
 
@@ -237,6 +242,12 @@ func (d *dormancy) epollCtl(f *flow, state int32, events uint32) error {
 	if l.closed || f.forgotten {
 		return errDormancyClosed
 	}
+	return l.ctlLocked(f, events)
+}
+
+// ctlLocked registers f's source for events, or changes its registration to them; under
+// f.loop's mu.
+func (l *pollLoop) ctlLocked(f *flow, events uint32) error {
 	c := &l.ctl
 	c.ev = syscall.EpollEvent{Events: events, Fd: int32(uint32(f.id)), Pad: int32(uint32(f.id >> 32))}
 	c.op, c.err = syscall.EPOLL_CTL_MOD, nil
@@ -251,8 +262,29 @@ func (d *dormancy) epollCtl(f *flow, state int32, events uint32) error {
 	if c.err != nil {
 		return os.NewSyscallError("epoll_ctl", c.err)
 	}
-	f.watched = true
+	f.watched, f.events = true, events
 	return nil
+}
+
+// wantOut makes x's registration ask EPOLLOUT as well, for the other flow of x's session,
+// whose destination is x's source and is full (inline.go). Edge-triggered, the socket then
+// raises an event whenever it has room again after a write that found it full; asking it
+// raises one at once if it has room already. false if x's registration cannot: it is muted
+// (x has a goroutine) or gone.
+func (d *dormancy) wantOut(x *flow) bool {
+	l := x.loop
+	if l == nil {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed || !x.watched || x.events&syscall.EPOLLIN == 0:
+		return false
+	case x.events&syscall.EPOLLOUT != 0:
+		return true
+	}
+	return l.ctlLocked(x, x.events|syscall.EPOLLOUT) == nil
 }
 
 // epollCtlCall is a loop's epoll_ctl(2) call, made under its mu, with its Control callback
@@ -276,8 +308,14 @@ func (d *dormancy) forget(f *flow) {
 	}
 	l.mu.Lock()
 	f.forgotten = true
-	if f.id != 0 {
+	// The entry of an ended flow whose registration asks EPOLLOUT for the other flow stays
+	// until that one ends too: its destination's room is announced there.
+	r := f.reverse()
+	if f.id != 0 && (r.loop != l || r.forgotten || f.events&syscall.EPOLLOUT == 0) {
 		delete(l.flows, f.id)
+	}
+	if r.loop == l && r.forgotten && r.id != 0 {
+		delete(l.flows, r.id)
 	}
 	l.mu.Unlock()
 }
@@ -292,7 +330,7 @@ func (d *dormancy) forget(f *flow) {
 // closer's comment: a callback must not), and the table's lock is never held around close.
 func (l *pollLoop) run() {
 	if l.bp == nil {
-		l.bp = copyBufPool.get()
+		l.bp = loopBufPool.get()
 	}
 	events := make([]syscall.EpollEvent, 128)
 	var werr syscall.Errno
@@ -312,7 +350,10 @@ func (l *pollLoop) run() {
 			for _, ev := range events[:n] {
 				l.dispatch(ev)
 			}
-			if n < len(events) {
+			if len(l.again) > 0 {
+				l.turn()
+			}
+			if n < len(events) && len(l.again) == 0 {
 				return false // all taken: wait for the next
 			}
 		}
@@ -321,7 +362,7 @@ func (l *pollLoop) run() {
 		// Closed, or the poller failed: no flow may stay dormant without it.
 		l.shutdown()
 	}
-	copyBufPool.put(l.bp)
+	loopBufPool.put(l.bp)
 	l.bp = nil
 }
 
@@ -334,7 +375,13 @@ func (l *pollLoop) dispatch(ev syscall.EpollEvent) {
 	switch {
 	case f == nil:
 	case f.inline:
-		l.onEvent(f, ev.Events)
+		// EPOLLOUT is asked for the other flow, whose destination this socket is.
+		if ev.Events&syscall.EPOLLOUT != 0 {
+			l.onWritable(f.reverse())
+		}
+		if ev.Events&^syscall.EPOLLOUT != 0 {
+			l.onEvent(f, ev.Events)
+		}
 	default:
 		f.wake()
 	}

@@ -21,18 +21,24 @@ import (
 
 // inlineRig is one inline flow between two loopback TCP connections (sender → flow →
 // receiver) on a poll loop of its own, without the loop's goroutine: the test hands the loop
-// its events (step), so every turn of the loop is seen.
+// its events (step), so every turn of the loop is seen. The other flow (receiver → sender) is
+// in the loop too, or (newInlineRigOneWay) has never started, as if it had a goroutine.
 type inlineRig struct {
 	t                *testing.T
 	sender, receiver *net.TCPConn
 	dstSock          *net.TCPConn
-	f                *flow
+	f, rev           *flow
 	l                *pollLoop
 	count            *atomic.Int64
 	ended            chan struct{}
+	runs             atomic.Int32 // goroutines started for the rig's flows
 }
 
-func newInlineRig(t *testing.T) *inlineRig {
+func newInlineRig(t *testing.T) *inlineRig { return makeInlineRig(t, true) }
+
+func newInlineRigOneWay(t *testing.T) *inlineRig { return makeInlineRig(t, false) }
+
+func makeInlineRig(t *testing.T, both bool) *inlineRig {
 	t.Helper()
 	sender, srcSock := tcpPair(t)
 	dstSock, receiver := tcpPair(t)
@@ -42,7 +48,7 @@ func newInlineRig(t *testing.T) *inlineRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.bp = copyBufPool.get()
+	l.bp = loopBufPool.get()
 	d.loops = []*pollLoop{l}
 	srv.dormancy = d
 	t.Cleanup(d.close)
@@ -51,9 +57,16 @@ func newInlineRig(t *testing.T) *inlineRig {
 	sp := &spliceState{s: sess, done: func() { close(r.ended) }}
 	src, dst := makeEndpoint(srcSock, srcSock, nil), makeEndpoint(dstSock, dstSock, nil)
 	sp.flows[0] = sp.newFlow(dst, src, srcSock, &sess.c2b, "client")
-	sp.flows[1] = sp.newFlow(src, dst, dstSock, &sess.b2c, "backend") // never started
+	sp.flows[1] = sp.newFlow(src, dst, dstSock, &sess.b2c, "backend")
 	sp.left.Store(2)
+	hook := func(f *flow) {
+		if f.sp == sp {
+			r.runs.Add(1)
+		}
+	}
+	testHookRun.Store(&hook)
 	t.Cleanup(func() {
+		testHookRun.Store(nil)
 		sp.closeAll()
 		sp.mu.Lock()
 		if sp.timer != nil {
@@ -61,11 +74,29 @@ func newInlineRig(t *testing.T) *inlineRig {
 		}
 		sp.mu.Unlock()
 	})
-	r.f, r.count = sp.flows[0], &sess.c2b
-	if !d.arm(r.f) {
+	r.f, r.rev, r.count = sp.flows[0], sp.flows[1], &sess.c2b
+	if !d.arm(r.f) || both && !d.arm(r.rev) {
 		t.Fatal("a flow between plain sockets was not made inline")
 	}
 	return r
+}
+
+// fillDestination writes to the receiver's path (which reads nothing yet) until it is full,
+// and returns what it wrote.
+func (r *inlineRig) fillDestination() []byte {
+	rc, _ := r.dstSock.SyscallConn()
+	fill := bytes.Repeat([]byte("f"), 64<<10)
+	var wrote []byte
+	rc.Control(func(fd uintptr) {
+		for {
+			n, e := sysWrite(fd, fill)
+			if e != 0 {
+				return
+			}
+			wrote = append(wrote, fill[:n]...)
+		}
+	})
+	return wrote
 }
 
 // step waits (bounded) for the loop's epoll to have events and hands them to the loop.
@@ -114,37 +145,90 @@ func TestInlineLoopCopiesShortMessage(t *testing.T) {
 	}
 }
 
-// When the destination cannot take the bytes, the loop does not wait: a goroutine writes
-// what is left (with the loop's buffer, the loop takes another) and gives the flow back at
-// the next EAGAIN. Nothing is lost or reordered.
-func TestInlineLoopHandsFullDestinationToGoroutine(t *testing.T) {
-	r := newInlineRig(t)
-	rc, _ := r.dstSock.SyscallConn()
-	fill := bytes.Repeat([]byte("f"), 64<<10)
-	var want []byte // what the receiver must get, in order
-	handed := false
-	// Fill the path to the receiver (which reads nothing yet), then send a message. The
-	// kernel may find room for it again meanwhile (an ACK, a window update): then the loop
-	// writes it whole, and the test fills again (bounded).
-	for attempt := 0; attempt < 20 && !handed; attempt++ {
-		rc.Control(func(fd uintptr) {
-			for {
-				n, e := sysWrite(fd, fill)
-				if e != 0 {
-					return
+// When the destination cannot take the bytes, the loop does not wait: the bytes left wait in
+// the flow until the destination has room, which the other flow's registration announces
+// (EPOLLOUT); then the loop writes them and reads on. No goroutine is started; nothing is
+// lost or reordered. A short message waits in a small buffer of the flow's own; a burst of
+// more than copyBufSize in the loop's buffer, which the flow takes (the loop takes another).
+func TestInlineLoopWaitsForFullDestination(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		msg   func(attempt int) string
+		carry int // the size of the buffer the bytes wait in
+	}{
+		{"message", func(i int) string { return "a" + strconv.Itoa(i) + " APPEND INBOX {5}\r\n" }, copyBufSize},
+		{"burst", func(i int) string { return strings.Repeat("m", 40<<10) + strconv.Itoa(i) + "\r\n" }, loopBufSize},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newInlineRig(t)
+			var want []byte // what the receiver must get, in order
+			waiting := false
+			// Fill the path to the receiver, then send. The kernel may find room for the
+			// bytes again meanwhile (an ACK, a window update): then the loop writes them
+			// whole, and the test fills again (bounded).
+			for attempt := 0; attempt < 20 && !waiting; attempt++ {
+				want = append(want, r.fillDestination()...)
+				msg := tc.msg(attempt)
+				r.sender.Write([]byte(msg))
+				want = append(want, msg...)
+				for r.count.Load()+int64(len(r.f.carryB)) < int64(len(want)-bytes.Count(want, []byte("f"))) {
+					r.step() // until the loop has read all of it (a burst may come in parts)
 				}
-				want = append(want, fill[:n]...)
+				waiting = r.f.carryB != nil
+			}
+			if !waiting {
+				t.Fatal("the destination never stayed full: nothing to wait for")
+			}
+			if s := r.f.state.Load(); s != flowDormant {
+				t.Fatalf("flow state %d with %d bytes waiting; want dormant", s, len(r.f.carryB))
+			}
+			if n := len(*r.f.carry); n != tc.carry {
+				t.Fatalf("%d bytes wait in a buffer of %d, want %d", len(r.f.carryB), n, tc.carry)
+			}
+			if r.rev.events&syscall.EPOLLOUT == 0 {
+				t.Fatal("the other flow's registration does not ask EPOLLOUT")
+			}
+			got := make(chan []byte, 1)
+			go func() { got <- r.receive(len(want)) }()
+			for r.f.carryB != nil { // each step waits (bounded) for the room's event
+				r.step()
+			}
+			if b := <-got; !bytes.Equal(b, want) {
+				t.Fatalf("receiver got %d bytes ending %q, want %d ending %q", len(b), b[max(0, len(b)-40):],
+					len(want), want[max(0, len(want)-40):])
+			}
+			r.sender.Write([]byte("b1 NOOP\r\n"))
+			r.step()
+			if got := string(r.receive(9)); got != "b1 NOOP\r\n" {
+				t.Fatalf("after the waiting bytes the receiver got %q", got)
+			}
+			if m := int64(len(want) - bytes.Count(want, []byte("f")) + 9); r.count.Load() != m {
+				t.Fatalf("bytes counted %d, want %d", r.count.Load(), m)
+			}
+			if n := r.runs.Load(); n != 0 {
+				t.Fatalf("%d goroutines started for the flows", n)
+			}
+			if r.f.carry != nil {
+				t.Fatal("the flow holds a buffer after its bytes went")
 			}
 		})
-		loopBuf := r.l.bp
+	}
+}
+
+// When the destination is full and the other flow cannot announce its room (it has a
+// goroutine, so its registration is muted), a goroutine writes what is left and goes on with
+// the flow.
+func TestInlineLoopHandsFullDestinationToGoroutine(t *testing.T) {
+	r := newInlineRigOneWay(t)
+	var want []byte
+	handed := false
+	for attempt := 0; attempt < 20 && !handed; attempt++ {
+		want = append(want, r.fillDestination()...)
 		msg := "a" + strconv.Itoa(attempt) + " APPEND INBOX {5}\r\n"
 		r.sender.Write([]byte(msg))
 		r.step()
 		want = append(want, msg...)
-		handed = r.l.bp != loopBuf // the loop gave away the buffer that holds the rest
-		if s := r.f.state.Load(); handed && s != flowRunning {
-			t.Fatalf("flow state %d after the loop handed it to a goroutine", s)
-		}
+		handed = r.f.state.Load() == flowRunning
 	}
 	if !handed {
 		t.Fatal("the destination never stayed full: no hand-off to test")
@@ -164,9 +248,9 @@ func TestInlineLoopHandsFullDestinationToGoroutine(t *testing.T) {
 	waitFor(t, "the flow's bytes counted", func() bool { return r.count.Load() == m })
 }
 
-// A read that fills the loop's buffer means bulk data: a goroutine moves the burst (splice)
-// and gives the flow back whenever the source is drained.
-func TestInlineLoopHandsBulkToGoroutine(t *testing.T) {
+// Bulk data (reads that fill the loop's buffer) stays in the loop: shares of inlineShare
+// bytes, the destination filling up and taking again, many times over; no goroutine.
+func TestInlineLoopCopiesBulk(t *testing.T) {
 	r := newInlineRig(t)
 	data := make([]byte, 4<<20)
 	for i := range data {
@@ -179,6 +263,9 @@ func TestInlineLoopHandsBulkToGoroutine(t *testing.T) {
 		t.Fatal("bulk data changed on the way")
 	}
 	waitFor(t, "the burst counted", func() bool { return r.count.Load() == int64(len(data)) })
+	if n := r.runs.Load(); n != 0 {
+		t.Fatalf("%d goroutines started for the flows", n)
+	}
 }
 
 // The sender's FIN ends the flow in the loop: the half-close is passed on (RFC 9051 section

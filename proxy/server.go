@@ -147,7 +147,8 @@ func (s *Server) startSession(conn net.Conn, lo *ListenerOptions) {
 }
 
 // handle is the session goroutine (a worker of the pool, workers.go); named so it shows in
-// stack dumps. After login the splice's goroutines take the session over and finish it.
+// stack dumps. After login the splice (its flows, in the dormancy loops or on goroutines of
+// their own) takes the session over and finishes it.
 func (s *Server) handle(sess *session) {
 	finish := func() {
 		s.mu.Lock()

@@ -15,9 +15,11 @@ import (
 // This file moves bytes after login. Nothing here parses IMAP: the bytes go through
 // unchanged, both ways, until both directions have ended.
 //
-// Each direction is one goroutine running copyConn. Short messages go through a pooled
-// 16 KiB buffer (one TLS record); bulk bursts between plain sockets go through splice(2)
-// (zero-copy, see DESIGN.md) with a pooled pipe, and bulk bursts to a TLS side through a
+// Each direction is a flow. Between two plain sockets with no observer the dormancy loops
+// copy it (inline.go); otherwise, or when a loop cannot go on with it, a goroutine runs
+// copyConn. Short messages go through a pooled 16 KiB buffer (one TLS record); bulk bursts
+// between plain sockets go through splice(2) (zero-copy, see DESIGN.md; used only where no
+// loop copies them) with a pooled pipe, and bulk bursts to a TLS side through a
 // pooled 64 KiB buffer whose records leave in one write(2) (nbConn.gather); the buffer goes
 // back before that write, which may wait for a slow client. Bulk bursts from a TLS side to a
 // plain one fill that buffer with up to four decrypted records per write. An idle direction
@@ -74,12 +76,12 @@ func (p *bufPool) put(b *[]byte) {
 // are closed.
 const halfCloseLinger = 5 * time.Second
 
-// splice starts copying client→backend and backend→client, each a flow with a goroutine of
-// its own, and returns at once: the session goroutine, whose stack grew during the pre-auth
-// conversation, ends. A flow that stays quiet goes dormant (dormant.go): its goroutine ends
-// too, and the server's dormancy poller starts a new one when bytes come. When both flows
-// have ended, the last one closes both connections and calls done. The splice records byte
-// counts, who closed first and the first real error.
+// splice makes the session's two flows, client→backend and backend→client, on one dormancy
+// loop; start starts them, and the session goroutine, whose stack grew during the pre-auth
+// conversation, ends. A flow with a goroutine that stays quiet goes dormant (dormant.go):
+// its goroutine ends too, and the server's dormancy poller starts a new one when bytes
+// come. When both flows have ended, the last one closes both connections and calls done.
+// The splice records byte counts, who closed first and the first real error.
 //
 // The caller holds s.mu and sets s.sp: from then on interrupt reaches the flows through it.
 func (s *session) splice(done func()) *spliceState {
@@ -88,6 +90,12 @@ func (s *session) splice(done func()) *spliceState {
 	backend := makeEndpoint(s.up.raw, s.up.conn, s.up.nb)
 	sp.flows[0] = sp.newFlow(backend, client, s.raw, &s.c2b, "client")
 	sp.flows[1] = sp.newFlow(client, backend, s.up.raw, &s.b2c, "backend")
+	if d := s.srv.dormancy; d != nil && len(d.loops) > 0 {
+		// One loop for both: a flow waiting for room in its destination hears of it through
+		// the other's registration (inline.go).
+		l := d.loops[d.next.Add(1)%uint32(len(d.loops))]
+		sp.flows[0].loop, sp.flows[1].loop = l, l
+	}
 	sp.left.Store(2)
 	return sp
 }
@@ -140,16 +148,18 @@ type flow struct {
 
 	state    atomic.Int32 // flowRunning (a goroutine owns the flow), flowDormant, flowInline, flowEnded
 	inline   bool         // the dormancy loop copies the flow itself (inline.go); set before it is dormant
-	carry    *[]byte      // inline: the loop's buffer, holding carryB, for the flow's goroutine
+	carry    *[]byte      // inline: the buffer holding carryB (pollLoop.keep)
 	carryB   []byte       // inline: bytes the loop could not write (the destination was full)
+	hup      bool         // inline: an event said the source's peer closed (or failed): read on to EOF
 	sleepReq atomic.Bool  // the sweeper has asked the flow to go dormant
 	busy     atomic.Bool  // bytes moved since the sweeper last looked
 	quiet    int          // sweeps in a row that found the flow quiet; under its registry shard's lock
 	shard    uint8        // its shard in dormancy's running-flow registry
-	loop     *pollLoop    // its dormancy loop, from its first registration
+	loop     *pollLoop    // its dormancy loop: the session's, given at the handoff (tests: at its first registration)
 	// Guarded by its loop's mu.
 	id        uint64 // key in the dormancy table, 0 until the flow first goes dormant
 	watched   bool   // registered with the dormancy epoll
+	events    uint32 // its registration's events, once watched
 	forgotten bool   // the flow has ended: never arm it again
 }
 
@@ -179,6 +189,9 @@ func (sp *spliceState) newFlow(dst, src *endpoint, srcRaw net.Conn, n *atomic.In
 // run is a flow's goroutine; named so it shows in stack dumps. It copies until the flow
 // ends, or until it goes dormant at the sweeper's request.
 func (f *flow) run() {
+	if h := testHookRun.Load(); h != nil {
+		(*h)(f)
+	}
 	var err error
 	if f.inline {
 		err = f.resume()
