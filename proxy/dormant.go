@@ -87,7 +87,7 @@ type pollLoop struct {
 	epfd int // file's descriptor (File.Fd would make it blocking); used under mu, while open
 
 	mu     sync.Mutex
-	flows  map[uint64]*flow // dormant or once dormant flows of live sessions, by id
+	flows  map[uint64]*flow // dormant or once dormant flows of live sessions, by id (an ended one while its registration serves the other: forget)
 	nextID uint64
 	closed bool
 
@@ -270,7 +270,9 @@ func (l *pollLoop) ctlLocked(f *flow, events uint32) error {
 // whose destination is x's source and is full (inline.go). Edge-triggered, the socket then
 // raises an event whenever it has room again after a write that found it full; asking it
 // raises one at once if it has room already. false if x's registration cannot: it is muted
-// (x has a goroutine) or gone.
+// (x has a goroutine), or the loop is closed. If x has ended (the client half-closed after
+// LOGOUT, and the backend's answer fills its socket), its table entry comes back, so the
+// events find the other flow; the other flow's forget drops it again.
 func (d *dormancy) wantOut(x *flow) bool {
 	l := x.loop
 	if l == nil {
@@ -284,7 +286,13 @@ func (d *dormancy) wantOut(x *flow) bool {
 	case x.events&syscall.EPOLLOUT != 0:
 		return true
 	}
-	return l.ctlLocked(x, x.events|syscall.EPOLLOUT) == nil
+	if err := l.ctlLocked(x, x.events|syscall.EPOLLOUT); err != nil {
+		return false
+	}
+	if x.forgotten {
+		l.flows[x.id] = x
+	}
+	return true
 }
 
 // epollCtlCall is a loop's epoll_ctl(2) call, made under its mu, with its Control callback
@@ -299,8 +307,8 @@ type epollCtlCall struct {
 
 func (c *epollCtlCall) call(fd uintptr) { c.err = syscall.EpollCtl(c.epfd, c.op, int(fd), &c.ev) }
 
-// forget drops an ended flow from the table. The kernel drops its registration when the
-// socket is closed.
+// forget drops an ended flow from the table, unless its registration asks EPOLLOUT for the
+// other flow, still live. The kernel drops its registration when the socket is closed.
 func (d *dormancy) forget(f *flow) {
 	l := f.loop
 	if d == nil || l == nil {

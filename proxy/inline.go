@@ -56,7 +56,9 @@ import (
 // connection's reused descriptor number.
 
 // inlineShare is how many bytes the loop copies for one flow before it turns to its other
-// events: 4 reads of its buffer. A download then waits for at most the loop's other ready
+// events: 4 reads of its buffer. A flow is in the queue once at most (flow.queued), so in a
+// round of the loop (the events of one epoll_pwait(2), then the queue) it copies one share
+// from the queue and at most one from its events: a download waits for the other ready
 // flows' shares, and costs one epoll_pwait(2) more per 256 KiB.
 const inlineShare = 256 << 10
 
@@ -68,7 +70,8 @@ const inlineShare = 256 << 10
 const loopBufSize = 64 << 10
 
 // loopBufPool holds the loops' buffers, and those of flows that wait with more than
-// copyBufSize bytes (keep). Not counted: a loop holds its buffer for its life.
+// copyBufSize bytes (keep). Not counted (unlike bulkBufPool): a loop holds its buffer for
+// its life, and a flow that waits for a slow client holds one as it holds its bytes.
 var loopBufPool = newBufPool(loopBufSize, false)
 
 // inlineResult is what one inline copy ended with.
@@ -162,7 +165,9 @@ func (l *pollLoop) onWritable(f *flow) {
 		return
 	}
 	if f.carryB == nil {
-		l.rest(f) // nothing waits (EPOLLOUT comes with every event once asked)
+		// Nothing waits (EPOLLOUT comes with every event once asked): as it was.
+		f.state.Store(flowDormant)
+		l.d.recheck(f)
 		return
 	}
 	c := &l.cp
@@ -210,7 +215,10 @@ func (l *pollLoop) copy(f *flow) {
 	case inlineDrained:
 		l.rest(f)
 	case inlineShared:
-		l.again = append(l.again, f)
+		if !f.queued { // it may have had a turn from an event while queued: once is enough
+			f.queued = true
+			l.again = append(l.again, f)
+		}
 		l.rest(f)
 	case inlineEnd:
 		d.count(-1)
@@ -306,6 +314,7 @@ func (l *pollLoop) turn() {
 	q := l.again
 	l.again = l.queued[:0]
 	for _, f := range q {
+		f.queued = false
 		l.onEvent(f, 0)
 	}
 	clear(q)

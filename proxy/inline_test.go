@@ -268,6 +268,41 @@ func TestInlineLoopCopiesBulk(t *testing.T) {
 	}
 }
 
+// A flow that has had its share waits in the loop's queue, once: an event that gives it
+// another share meanwhile does not queue it again, and its turn comes after the events.
+func TestInlineLoopQueuesFlowOnce(t *testing.T) {
+	r := newInlineRig(t)
+	data := bytes.Repeat([]byte("q"), 4<<20)
+	go r.sender.Write(data)
+	received := make(chan []byte, 1)
+	go func() { received <- r.receive(len(data)) }()
+	queued := func() (n int) {
+		for _, f := range r.l.again {
+			if f == r.f {
+				n++
+			}
+		}
+		return n
+	}
+	for queued() == 0 {
+		r.step() // until a copy has used up its share
+	}
+	r.l.onEvent(r.f, syscall.EPOLLIN) // as if more bytes raised an event before its turn
+	if n := queued(); n != 1 {
+		t.Fatalf("the flow is in the loop's queue %d times, want once", n)
+	}
+	for r.count.Load() < int64(len(data)) {
+		if len(r.l.again) > 0 {
+			r.l.turn()
+			continue
+		}
+		r.step()
+	}
+	if got := <-received; !bytes.Equal(got, data) {
+		t.Fatal("the bytes changed on the way")
+	}
+}
+
 // The sender's FIN ends the flow in the loop: the half-close is passed on (RFC 9051 section
 // 3.4: after LOGOUT the client may close first; the backend still answers).
 func TestInlineLoopEndsAtFIN(t *testing.T) {
@@ -289,12 +324,62 @@ func TestInlineLoopEndsAtFIN(t *testing.T) {
 	}
 }
 
+// The client half-closes after LOGOUT (RFC 9051 section 3.4): its flow ends in the loop. The
+// backend's answer then finds the client's socket full: it waits for EPOLLOUT on the ended
+// flow's registration, and is written whole when the client reads.
+func TestInlineLoopAnswerAfterHalfCloseWaits(t *testing.T) {
+	r := newInlineRig(t)
+	client, backend := r.sender, r.receiver // r.f: client → backend; r.rev: backend → client
+	client.Write([]byte("a9 LOGOUT\r\n"))
+	client.CloseWrite()
+	for r.f.state.Load() != flowEnded {
+		r.step()
+	}
+	var want []byte // what the client must get, in order
+	fill := bytes.Repeat([]byte("g"), 64<<10)
+	for attempt := 0; attempt < 20 && r.rev.carryB == nil; attempt++ {
+		r.rev.dst.rc.Control(func(fd uintptr) { // fill the client's path (it reads nothing yet)
+			for {
+				n, e := sysWrite(fd, fill)
+				if e != 0 {
+					return
+				}
+				want = append(want, fill[:n]...)
+			}
+		})
+		msg := "* BYE logging out " + strconv.Itoa(attempt) + "\r\na9 OK LOGOUT completed\r\n"
+		backend.Write([]byte(msg))
+		want = append(want, msg...)
+		r.step()
+	}
+	if r.rev.carryB == nil {
+		t.Fatal("the client's socket never stayed full: nothing to wait for")
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, len(want))
+		n, _ := io.ReadFull(client, b)
+		got <- b[:n]
+	}()
+	for r.rev.carryB != nil { // each step waits (bounded) for the room's event
+		r.step()
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("the client got %d bytes ending %q, want %d ending %q", len(b), b[max(0, len(b)-40):],
+			len(want), want[max(0, len(want)-40):])
+	}
+	if n := r.runs.Load(); n != 0 {
+		t.Fatalf("%d goroutines started for the flows", n)
+	}
+}
+
 // While a goroutine owns the flow the loop hears nothing of it; when the goroutine gives it
 // back (sleep), bytes that came meanwhile raise an event at once, and the loop copies them.
 func TestInlineRestAfterGoroutine(t *testing.T) {
 	r := newInlineRig(t)
 	d := r.l.d
-	// As onEvent hands a flow to a goroutine.
+	// As the loop hands a flow to a goroutine (copy, when the other flow cannot ask EPOLLOUT).
 	if err := d.epollCtl(r.f, flowRunning, epollMuted); err != nil {
 		t.Fatal(err)
 	}
@@ -323,8 +408,8 @@ func TestInlineRestAfterGoroutine(t *testing.T) {
 }
 
 // Through the proxy: a plain session's directions are copied by the loops from the first
-// byte after login, with no goroutine, while a FETCH of a large message (bulk, handed to a
-// goroutine) arrives whole.
+// byte after login, with no goroutine, and a FETCH of a large message (bulk, copied by the
+// loop too) arrives whole.
 func TestPlainSessionRunsInline(t *testing.T) {
 	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
 	m := newRecordingMetrics()
@@ -400,9 +485,10 @@ func TestSessionOutlivesItsPollLoops(t *testing.T) {
 	waitFor(t, "both flows parked in the runtime's poller, with goroutines", func() bool { return flowGoroutines() == 2 })
 }
 
-// Many plain sessions at once, each with short commands (copied by the loops) and a bulk
-// FETCH (handed to a goroutine and back), with DormantAfter short enough that directions
-// go back to their loops during the run: every answer arrives whole and in order.
+// Many plain sessions at once on the loops, each with short commands and a bulk FETCH (in
+// shares, waiting for the client's socket now and then; DormantAfter short, so that any
+// direction handed to a goroutine comes back during the run): every answer arrives whole and
+// in order.
 func TestInlineManySessions(t *testing.T) {
 	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
 	tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),

@@ -151,6 +151,7 @@ type flow struct {
 	carry    *[]byte      // inline: the buffer holding carryB (pollLoop.keep)
 	carryB   []byte       // inline: bytes the loop could not write (the destination was full)
 	hup      bool         // inline: an event said the source's peer closed (or failed): read on to EOF
+	queued   bool         // inline: in its loop's queue (pollLoop.again); the loop goroutine's only
 	sleepReq atomic.Bool  // the sweeper has asked the flow to go dormant
 	busy     atomic.Bool  // bytes moved since the sweeper last looked
 	quiet    int          // sweeps in a row that found the flow quiet; under its registry shard's lock
