@@ -16,19 +16,18 @@ import (
 // socket, both without blocking, and goes on until the source is drained, bulk data (a FETCH
 // body, an APPEND) included:
 //   - the destination's send buffer is full: the bytes left wait in the flow (carryB, in a
-//     buffer of the flow's own: keep) and the other flow's
-//     registration, whose source is this destination, asks EPOLLOUT too (wantOut). Its
-//     EPOLLOUT event makes the loop write them (onWritable) and read on. While it waits the
-//     flow reads nothing: the sender is held back by TCP, as by any proxy;
+//     buffer of the flow's own: keep) and the other flow's registration, whose source is
+//     this destination, asks EPOLLOUT too (wantOut). Its EPOLLOUT event makes the loop
+//     write them (onWritable) and read on. While it waits the flow reads nothing: the
+//     sender is held back by TCP, as by any proxy;
 //   - a flow that has had its share of a turn (inlineShare bytes) goes to the back of the
 //     loop's queue (pollLoop.again), so one download does not hold up the loop's other
 //     sessions; the loop takes it up again after the events that came meanwhile.
 //
 // A goroutine is started for a flow only when the loop cannot go on with it: its destination
 // is full and the other flow's registration cannot ask EPOLLOUT (it is muted: that flow has
-// a goroutine); the goroutine writes what is left and copies as
-// splice.go's flows do, until the sweeper sends the flow back to the loop after DormantAfter
-// (sleep). Closing the session (closeAll) wakes a dormant flow, waiting bytes or not: its
+// a goroutine); the goroutine writes what is left and copies as splice.go's flows do,
+// until the sweeper sends the flow back to the loop after DormantAfter (sleep). Closing the session (closeAll) wakes a dormant flow, waiting bytes or not: its
 // goroutine sees the close and ends. A flow that ends in the loop (EOF, an error) ends there:
 // spliceState.ended waits for nothing. (If the session ends with it, its end line is logged
 // from the loop. imapgate serve's log writer appends the line to a batch; a log destination
@@ -40,9 +39,10 @@ import (
 // edge, so only a read can tell the socket is drained). In the loop, the event's EPOLLRDHUP
 // says whether the peer's FIN came: a short read without it means drained (a FIN or bytes
 // arriving after the event raise a new edge). Bulk data stays in the loop too: handed to a
-// goroutine with splice(2), a download cost the backend 12-19 % more CPU per MB (splice takes
-// the sender's pages by reference) and imapgate its goroutines' wake-ups; what copying in the
-// loop saves is in the README (Performance).
+// goroutine with splice(2), a download cost the backend 14-22 % more CPU per MB than behind
+// the bench's loop relay (four runs; splice takes the sender's pages by reference, the
+// likelier cause) and imapgate its goroutines' wake-ups; what copying in the loop saves is in
+// the README (Performance).
 //
 // Ownership: flow.state says who may touch the flow. Dormant: nobody; a loop takes it on an
 // event (flowInline) and gives it back, or hands it to a goroutine (flowRunning) after muting
