@@ -130,7 +130,7 @@ func newPollLoop(d *dormancy) (*pollLoop, error) {
 		return nil, err
 	}
 	l := &pollLoop{d: d, file: f, rc: rc, epfd: fd, flows: make(map[uint64]*flow)}
-	l.cp.readFn, l.cp.writeFn = l.cp.read, l.cp.write
+	l.cp.readFn, l.cp.writeFn, l.cp.share = l.cp.read, l.cp.write, inlineShare
 	l.ctl.epfd, l.ctl.fn = fd, l.ctl.call
 	return l, nil
 }

@@ -90,11 +90,12 @@ const (
 type inlineCopy struct {
 	readFn, writeFn func(fd uintptr)
 
-	f   *flow
-	buf []byte // the loop's buffer
-	w   rawWriter
-	res inlineResult
-	err error // the end's (nil at EOF)
+	share int // inlineShare (tests lower it)
+	f     *flow
+	buf   []byte // the loop's buffer
+	w     rawWriter
+	res   inlineResult
+	err   error // the end's (nil at EOF)
 }
 
 // write writes w.b to the destination without waiting (rawWriter's callback: at EAGAIN
@@ -244,7 +245,7 @@ func (l *pollLoop) copy(f *flow) {
 // has had its share.
 func (c *inlineCopy) read(fd uintptr) {
 	f := c.f
-	share := inlineShare
+	share := c.share
 	for {
 		n, e := sysRead(fd, c.buf)
 		switch {

@@ -272,6 +272,7 @@ func TestInlineLoopCopiesBulk(t *testing.T) {
 // another share meanwhile does not queue it again, and its turn comes after the events.
 func TestInlineLoopQueuesFlowOnce(t *testing.T) {
 	r := newInlineRig(t)
+	r.l.cp.share = loopBufSize // one full read is a share
 	data := bytes.Repeat([]byte("q"), 4<<20)
 	go r.sender.Write(data)
 	received := make(chan []byte, 1)
@@ -284,8 +285,16 @@ func TestInlineLoopQueuesFlowOnce(t *testing.T) {
 		}
 		return n
 	}
-	for queued() == 0 {
-		r.step() // until a copy has used up its share
+	srcRC, _ := r.f.srcRaw.(*net.TCPConn).SyscallConn()
+	inq := func() (n int) {
+		srcRC.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return n
+	}
+	for queued() == 0 { // until a copy has used up its share: a full read
+		waitFor(t, "more than a read's worth of bytes at the source, or bytes waiting", func() bool {
+			return inq() > loopBufSize || r.f.carryB != nil
+		})
+		r.step()
 	}
 	r.l.onEvent(r.f, syscall.EPOLLIN) // as if more bytes raised an event before its turn
 	if n := queued(); n != 1 {
