@@ -95,7 +95,7 @@ type pollLoop struct {
 	bp      *[]byte      // the buffer of inline copies, loopBufSize (inline.go); the loop goroutine's only
 	cp      inlineCopy   // the inline copy being made; the loop goroutine's only
 	again   []*flow      // inline flows that had their share and read on next turn; the loop goroutine's only
-	queued  []*flow      // again's other slice (turn swaps them); the loop goroutine's only
+	spare   []*flow      // again's other slice (turn swaps them); the loop goroutine's only
 	ctl     epollCtlCall // under mu
 }
 
@@ -207,14 +207,21 @@ func (d *dormancy) count(delta int) {
 	d.metrics.Dormant(delta)
 }
 
+// pick chooses a loop for a session's flows, round robin; nil if there is none.
+func (d *dormancy) pick() *pollLoop {
+	if d == nil || len(d.loops) == 0 {
+		return nil
+	}
+	return d.loops[d.next.Add(1)%uint32(len(d.loops))]
+}
+
 // register gives f its loop, id and table entry the first time, while f's owner is the only
 // one that can touch it (before its state says dormant). It fails once the loop is closed.
 func (d *dormancy) register(f *flow) bool {
 	if f.loop == nil {
-		if len(d.loops) == 0 {
+		if f.loop = d.pick(); f.loop == nil {
 			return false
 		}
-		f.loop = d.loops[d.next.Add(1)%uint32(len(d.loops))]
 	}
 	l := f.loop
 	l.mu.Lock()

@@ -102,6 +102,19 @@ type inlineCopy struct {
 // what is left stays in w.b).
 func (c *inlineCopy) write(fd uintptr) { c.w.writeSome(fd) }
 
+// writeTo writes b to f's destination without waiting and counts what went: it returns
+// what the socket did not take (it is full), or the write's error.
+func (c *inlineCopy) writeTo(f *flow, b []byte) (left []byte, err error) {
+	c.w.b, c.w.err = b, nil
+	if err := f.dst.rc.Control(c.writeFn); err != nil {
+		c.w.err = err
+	}
+	left, err = c.w.b, c.w.err
+	c.w.b, c.w.err = nil, nil
+	f.acc.add(len(b) - len(left))
+	return left, err
+}
+
 // canInline reports whether f can be copied by the loop: plain sockets both ways, nothing
 // to show the observer.
 func (f *flow) canInline() bool {
@@ -171,15 +184,7 @@ func (l *pollLoop) onWritable(f *flow) {
 		l.d.recheck(f)
 		return
 	}
-	c := &l.cp
-	b := f.carryB
-	c.w.b, c.w.err = b, nil
-	if err := f.dst.rc.Control(c.writeFn); err != nil {
-		c.w.err = err
-	}
-	left, err := c.w.b, c.w.err
-	c.w.b, c.w.err = nil, nil
-	f.acc.add(len(b) - len(left))
+	left, err := l.cp.writeTo(f, f.carryB)
 	switch {
 	case err != nil:
 		f.dropCarry()
@@ -259,15 +264,9 @@ func (c *inlineCopy) read(fd uintptr) {
 			c.res, c.err = inlineEnd, nil
 			return
 		}
-		c.w.b, c.w.err = c.buf[:n], nil
-		if err := f.dst.rc.Control(c.writeFn); err != nil {
-			c.w.err = err
-		}
-		left := c.w.b
-		c.w.b = nil
-		f.acc.add(n - len(left))
-		if c.w.err != nil {
-			c.res, c.err, c.w.err = inlineEnd, c.w.err, nil
+		left, err := c.writeTo(f, c.buf[:n])
+		if err != nil {
+			c.res, c.err = inlineEnd, err
 			return
 		}
 		if len(left) > 0 {
@@ -313,21 +312,22 @@ func (f *flow) dropCarry() {
 // turn gives each flow in the loop's queue (pollLoop.again) its next share.
 func (l *pollLoop) turn() {
 	q := l.again
-	l.again = l.queued[:0]
+	l.again = l.spare[:0]
 	for _, f := range q {
 		f.queued = false
 		l.onEvent(f, 0)
 	}
 	clear(q)
-	l.queued = q[:0]
+	l.spare = q[:0]
 }
 
 // reverse is the session's other flow: its source is f's destination.
 func (f *flow) reverse() *flow {
-	if fl := &f.sp.flows; fl[0] != f {
-		return fl[0]
+	fl := &f.sp.flows
+	if fl[0] == f {
+		return fl[1]
 	}
-	return f.sp.flows[1]
+	return fl[0]
 }
 
 // end finishes a flow: it leaves the dormancy table and tells the session.

@@ -90,12 +90,10 @@ func (s *session) splice(done func()) *spliceState {
 	backend := makeEndpoint(s.up.raw, s.up.conn, s.up.nb)
 	sp.flows[0] = sp.newFlow(backend, client, s.raw, &s.c2b, "client")
 	sp.flows[1] = sp.newFlow(client, backend, s.up.raw, &s.b2c, "backend")
-	if d := s.srv.dormancy; d != nil && len(d.loops) > 0 {
-		// One loop for both: a flow waiting for room in its destination hears of it through
-		// the other's registration (inline.go).
-		l := d.loops[d.next.Add(1)%uint32(len(d.loops))]
-		sp.flows[0].loop, sp.flows[1].loop = l, l
-	}
+	// One loop for both: a flow waiting for room in its destination hears of it through the
+	// other's registration (inline.go).
+	l := s.srv.dormancy.pick()
+	sp.flows[0].loop, sp.flows[1].loop = l, l
 	sp.left.Store(2)
 	return sp
 }
