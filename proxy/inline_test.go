@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -591,4 +592,99 @@ func TestInlineManySessions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// Bulk both ways at once through one loop: the client sends 16 MiB while it reads them back
+// from a backend that echoes, both ends reading 512 bytes at a time through small receive
+// buffers. Whether a destination fills depends on the pace (the proxy's send buffers grow to
+// megabytes): without -race both directions' did a few times per run here, with -race (the
+// client and backend slowed as much as the proxy) not; the rig tests above make one direction
+// wait for certain. Every byte comes back, in order, and no direction needs a goroutine.
+func TestInlineLoopBulkBothWays(t *testing.T) {
+	const total = 16 << 20
+	stream := func() func([]byte) { // the bytes the client sends, and expects back
+		r := rand.New(rand.NewPCG(3, 5))
+		return func(b []byte) {
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+		}
+	}
+	addr := scriptedBackend(t, func(s *transcript) {
+		s.send("* OK [CAPABILITY IMAP4rev1] ready\r\n")
+		s.expect(`ig1 LOGIN "alice" "pw"`)
+		s.send("ig1 OK [CAPABILITY IMAP4rev1] done\r\n")
+		// Echo: what the bufio reader has already, then the socket's, 512 bytes at a time,
+		// through a small receive buffer: the proxy finds this socket full again and again.
+		_ = s.conn.SetDeadline(time.Now().Add(60 * time.Second))
+		_ = s.conn.(*net.TCPConn).SetReadBuffer(128 << 10)
+		buf := make([]byte, 512)
+		for echoed := 0; echoed < total; {
+			n, err := s.br.Read(buf)
+			if err != nil {
+				t.Errorf("backend read after %d bytes: %v", echoed, err)
+				return
+			}
+			if _, err := s.conn.Write(buf[:n]); err != nil {
+				t.Errorf("backend write after %d bytes: %v", echoed, err)
+				return
+			}
+			echoed += n
+		}
+		s.expect("c2 LOGOUT")
+		s.send("* BYE bye\r\nc2 OK done\r\n")
+	})
+	m := newRecordingMetrics()
+	tp := startProxy(t, toBackends(&routing.Backend{Address: addr}),
+		ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
+	var runs atomic.Int32 // goroutines started for a flow: the session's are the only ones
+	hook := func(*flow) { runs.Add(1) }
+	testHookRun.Store(&hook)
+	t.Cleanup(func() { testHookRun.Store(nil) })
+	c := dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("c1 LOGIN alice pw\r\n")
+	c.expect("c1 OK [CAPABILITY IMAP4rev1] done")
+	_ = c.conn.SetDeadline(time.Now().Add(60 * time.Second))
+	_ = c.conn.(*net.TCPConn).SetReadBuffer(128 << 10) // and the client's too
+
+	sent := make(chan error, 1)
+	go func() {
+		fill := stream()
+		buf := make([]byte, 96<<10)
+		for n := 0; n < total; {
+			chunk := buf[:min(len(buf), total-n)]
+			fill(chunk)
+			if _, err := c.conn.Write(chunk); err != nil {
+				sent <- fmt.Errorf("client write after %d bytes: %v", n, err)
+				return
+			}
+			n += len(chunk)
+		}
+		sent <- nil
+	}()
+	fill := stream()
+	got, want := make([]byte, 512), make([]byte, 512)
+	for n := 0; n < total; n += len(got) {
+		if _, err := io.ReadFull(c.br, got); err != nil {
+			t.Fatalf("client read after %d bytes: %v", n, err)
+		}
+		fill(want)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("the bytes from offset %d changed on the way", n)
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if n := runs.Load(); n != 0 {
+		t.Errorf("%d flow goroutines started, want none", n)
+	}
+	if n := m.dormantNow(); n != 2 {
+		t.Fatalf("directions waiting in the loops = %d, want 2", n)
+	}
+	c.send("c2 LOGOUT\r\n")
+	c.expect("* BYE bye")
+	c.expect("c2 OK done")
+	c.expectClosed()
 }
