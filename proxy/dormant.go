@@ -62,6 +62,10 @@ var testHookDormant atomic.Pointer[func(*flow)]
 // testHookRun, if set (by tests), is called as a flow's goroutine starts.
 var testHookRun atomic.Pointer[func(*flow)]
 
+// testHookBlocked, if set (by tests), is called by the loop each time an inline flow finds
+// its destination full, with the flow's source ("client" or "backend").
+var testHookBlocked atomic.Pointer[func(from string)]
+
 // dormancy is the server's pollers for dormant flows, and the registry of running ones for
 // the sweeper. A nil *dormancy keeps every flow running.
 type dormancy struct {

@@ -230,6 +230,9 @@ func (l *pollLoop) copy(f *flow) {
 		d.count(-1)
 		f.end(err)
 	default: // inlineBlocked
+		if h := testHookBlocked.Load(); h != nil {
+			(*h)(f.from)
+		}
 		l.keep(f)
 		if d.wantOut(f.reverse()) {
 			l.rest(f)

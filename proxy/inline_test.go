@@ -596,10 +596,11 @@ func TestInlineManySessions(t *testing.T) {
 
 // Bulk both ways at once through one loop: the client sends 16 MiB while it reads them back
 // from a backend that echoes, both ends reading 512 bytes at a time through small receive
-// buffers. Whether a destination fills depends on the pace (the proxy's send buffers grow to
-// megabytes): without -race both directions' did a few times per run here, with -race (the
-// client and backend slowed as much as the proxy) not; the rig tests above make one direction
-// wait for certain. Every byte comes back, in order, and no direction needs a goroutine.
+// buffers. The proxy's own sockets get small send buffers after the login (the kernel grows
+// them to megabytes otherwise, and whether a destination filled then depended on the pace:
+// under -race it did not), so both directions find their destination full again and again
+// and wait in the loop for EPOLLOUT. Every byte comes back, in order, and no direction needs
+// a goroutine.
 func TestInlineLoopBulkBothWays(t *testing.T) {
 	const total = 16 << 20
 	stream := func() func([]byte) { // the bytes the client sends, and expects back
@@ -647,6 +648,11 @@ func TestInlineLoopBulkBothWays(t *testing.T) {
 	c.expect("c1 OK [CAPABILITY IMAP4rev1] done")
 	_ = c.conn.SetDeadline(time.Now().Add(60 * time.Second))
 	_ = c.conn.(*net.TCPConn).SetReadBuffer(128 << 10) // and the client's too
+	shrinkSendBuffers(t, tp.srv, 4<<10)
+	var waits [2]atomic.Int32 // a direction found its destination full: client→backend, backend→client
+	blocked := func(from string) { waits[boolIndex(from == "backend")].Add(1) }
+	testHookBlocked.Store(&blocked)
+	t.Cleanup(func() { testHookBlocked.Store(nil) })
 
 	sent := make(chan error, 1)
 	go func() {
@@ -680,6 +686,11 @@ func TestInlineLoopBulkBothWays(t *testing.T) {
 	if n := runs.Load(); n != 0 {
 		t.Errorf("%d flow goroutines started, want none", n)
 	}
+	up, down := waits[0].Load(), waits[1].Load()
+	t.Logf("waits for a full destination: client→backend %d, backend→client %d", up, down)
+	if up == 0 || down == 0 {
+		t.Errorf("waits for a full destination: client→backend %d, backend→client %d; want some each way", up, down)
+	}
 	if n := m.dormantNow(); n != 2 {
 		t.Fatalf("directions waiting in the loops = %d, want 2", n)
 	}
@@ -687,4 +698,51 @@ func TestInlineLoopBulkBothWays(t *testing.T) {
 	c.expect("* BYE bye")
 	c.expect("c2 OK done")
 	c.expectClosed()
+}
+
+// shrinkSendBuffers sets SO_SNDBUF to n on both sockets of every session srv holds (the
+// kernel doubles it and keeps a floor): the loops then find a destination full long before
+// a peer that reads slowly has drained it.
+func shrinkSendBuffers(t *testing.T, srv *Server, n int) {
+	t.Helper()
+	srv.mu.Lock()
+	var conns []net.Conn
+	for s := range srv.sessions {
+		s.mu.Lock()
+		conns = append(conns, s.raw)
+		if s.up != nil {
+			conns = append(conns, s.up.raw)
+		}
+		s.mu.Unlock()
+	}
+	srv.mu.Unlock()
+	if len(conns) == 0 {
+		t.Fatal("no session to shrink")
+	}
+	for _, c := range conns {
+		sc, ok := c.(syscall.Conn)
+		if !ok {
+			t.Fatalf("%T has no raw socket", c)
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, n)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if serr != nil {
+			t.Fatal(serr)
+		}
+	}
+}
+
+func boolIndex(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
