@@ -48,7 +48,8 @@
 // handoff the splice owns both: it closes them when a flow ends with an error or at the
 // backend's EOF, or when both flows have ended; a dormant flow is owned by nobody until a
 // dormancy loop takes it on an event (to copy it inline, or to hand it a new goroutine) or
-// the session's close wakes it (flow.state settles who, inline.go). Other goroutines
+// the session's close wakes it, or the loop whose flow's end closed the session ends it
+// (flow.state settles who, inline.go). Other goroutines
 // (Server.Close, Kick) only interrupt a session: before login it answers BYE, after login
 // both connections are closed and dormant flows are woken to see it.
 package proxy

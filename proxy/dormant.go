@@ -100,6 +100,7 @@ type pollLoop struct {
 	cp      inlineCopy   // the inline copy being made; the loop goroutine's only
 	again   []*flow      // inline flows that had their share and read on next turn; the loop goroutine's only
 	spare   []*flow      // again's other slice (turn swaps them); the loop goroutine's only
+	ending  []*flow      // inline flows of sessions the loop closed, to end (endClosed); the loop goroutine's only
 	ctl     epollCtlCall // under mu
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"os"
 	"syscall"
 )
@@ -27,10 +28,13 @@ import (
 // A goroutine is started for a flow only when the loop cannot go on with it: its destination
 // is full and the other flow's registration cannot ask EPOLLOUT (it is muted: that flow has
 // a goroutine); the goroutine writes what is left and copies as splice.go's flows do,
-// until the sweeper sends the flow back to the loop after DormantAfter (sleep). Closing the session (closeAll) wakes a dormant flow, waiting bytes or not: its
-// goroutine sees the close and ends. A flow that ends in the loop (EOF, an error) ends there:
-// spliceState.ended waits for nothing. (If the session ends with it, its end line is logged
-// from the loop. imapgate serve's log writer appends the line to a batch; a log destination
+// until the sweeper sends the flow back to the loop after DormantAfter (sleep). Closing the
+// session (closeAll) from any other goroutine (a kick, shutdown, the half-close timer) wakes
+// a dormant flow, waiting bytes or not: its goroutine sees the close and ends. A flow that
+// ends in the loop (EOF, an error) ends there: spliceState.ended waits for nothing, and
+// when its end closes the session (the backend's FIN after LOGOUT, the usual end) the loop
+// ends the other flow too (endClosed), with no goroutine. (If the session ends with it, its
+// end line is logged from the loop. imapgate serve's log writer appends the line to a batch; a log destination
 // that blocks would hold the loop when a batch is full, as it would hold every login.)
 //
 // Why: a goroutine per direction cost two goroutine starts per session, a wake-up and a
@@ -48,7 +52,8 @@ import (
 // event (flowInline) and gives it back, or hands it to a goroutine (flowRunning) after muting
 // its registration, so no event comes for it while the goroutine runs. A flow waiting for
 // its destination is dormant too, with carryB set: whoever takes it next (the loop on
-// EPOLLOUT, or a goroutine woken by the session's close) writes those bytes first. sleep says
+// EPOLLOUT, or a goroutine woken by the session's close) writes those bytes first; the
+// loop ending it after a close it made itself drops them (the destination is closed). sleep says
 // dormant first and then turns the registration on again: an event that follows finds the
 // flow the loop's. A flow in the loop's hands sees spliceState.closed when the loop gives it
 // back. The descriptors are used only inside their RawConn's Control callback, which holds
@@ -189,7 +194,8 @@ func (l *pollLoop) onWritable(f *flow) {
 	case err != nil:
 		f.dropCarry()
 		l.d.count(-1)
-		f.end(err)
+		f.endIn(l, err)
+		l.endClosed()
 	case len(left) > 0:
 		f.carryB = left
 		l.rest(f)
@@ -228,7 +234,8 @@ func (l *pollLoop) copy(f *flow) {
 		l.rest(f)
 	case inlineEnd:
 		d.count(-1)
-		f.end(err)
+		f.endIn(l, err)
+		l.endClosed()
 	default: // inlineBlocked
 		if h := testHookBlocked.Load(); h != nil {
 			(*h)(f.from)
@@ -334,10 +341,28 @@ func (f *flow) reverse() *flow {
 }
 
 // end finishes a flow: it leaves the dormancy table and tells the session.
-func (f *flow) end(err error) {
+func (f *flow) end(err error) { f.endIn(nil, err) }
+
+// endIn is end called by the goroutine of loop l (nil: any other). The caller then calls
+// l.endClosed: the flow's end may have closed its session (spliceState.closeAllIn).
+func (f *flow) endIn(l *pollLoop, err error) {
 	f.state.Store(flowEnded)
 	f.sp.s.srv.dormancy.forget(f)
-	f.sp.ended(f, err)
+	f.sp.ended(f, err, l)
+}
+
+// endClosed ends the inline flows whose session the loop has just closed (flow.wakeIn),
+// as their goroutine would have: the bytes that waited for room in the destination go
+// nowhere (it is closed), and the flow ends with net.ErrClosed, which marks no error.
+func (l *pollLoop) endClosed() {
+	for i, f := range l.ending {
+		l.ending[i] = nil
+		if f.carryB != nil {
+			f.dropCarry()
+		}
+		f.endIn(l, net.ErrClosed)
+	}
+	l.ending = l.ending[:0]
 }
 
 // resume is the start of an inline flow's goroutine: it writes the bytes the loop could not.

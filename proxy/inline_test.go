@@ -635,17 +635,7 @@ func TestInlineLoopBulkBothWays(t *testing.T) {
 		s.expect("c2 LOGOUT")
 		s.send("* BYE bye\r\nc2 OK done\r\n")
 	})
-	m := newRecordingMetrics()
-	tp := startProxy(t, toBackends(&routing.Backend{Address: addr}),
-		ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
-	var runs atomic.Int32 // goroutines started for a flow: the session's are the only ones
-	hook := func(*flow) { runs.Add(1) }
-	testHookRun.Store(&hook)
-	t.Cleanup(func() { testHookRun.Store(nil) })
-	c := dialTranscript(t, tp.addr)
-	c.expect(greetPlainAllowed)
-	c.send("c1 LOGIN alice pw\r\n")
-	c.expect("c1 OK [CAPABILITY IMAP4rev1] done")
+	tp, m, runs, c := loggedInAsAlice(t, addr)
 	_ = c.conn.SetDeadline(time.Now().Add(60 * time.Second))
 	_ = c.conn.(*net.TCPConn).SetReadBuffer(128 << 10) // and the client's too
 	shrinkSendBuffers(t, tp.srv, 4<<10)
@@ -745,4 +735,56 @@ func boolIndex(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// A plain session's usual end: the backend answers LOGOUT and closes. Its FIN comes to the
+// loop, which ends that direction, closes the session and ends the other direction itself
+// (pollLoop.endClosed): no goroutine is started for either, and the session end is logged
+// with both counts.
+func TestInlineSessionEndsInTheLoop(t *testing.T) {
+	addr := scriptedBackend(t, func(s *transcript) {
+		s.send("* OK [CAPABILITY IMAP4rev1] ready\r\n")
+		s.expect(`ig1 LOGIN "alice" "pw"`)
+		s.send("ig1 OK [CAPABILITY IMAP4rev1] done\r\n")
+		s.expect("c2 LOGOUT")
+		s.send("* BYE bye\r\nc2 OK done\r\n")
+	}) // the script's end closes the backend's connection
+	tp, m, runs, c := loggedInAsAlice(t, addr)
+	c.send("c2 LOGOUT\r\n")
+	c.expect("* BYE bye")
+	c.expect("c2 OK done")
+	c.expectClosed()
+
+	e := tp.waitLog(t, "session end")
+	if got := e.ContextMap()["closed_by"]; got != "backend" {
+		t.Errorf("closed_by = %v, want backend", got)
+	}
+	if got, want := e.ContextMap()["bytes_client_to_backend"], int64(len("c2 LOGOUT\r\n")); got != want {
+		t.Errorf("bytes_client_to_backend = %v, want %d", got, want)
+	}
+	if n := runs.Load(); n != 0 {
+		t.Errorf("%d flow goroutines started, want none", n)
+	}
+	if n := m.dormantNow(); n != 0 {
+		t.Errorf("directions waiting in the loops after the end = %d, want 0", n)
+	}
+}
+
+// loggedInAsAlice starts a plain proxy in front of the scripted backend at addr (which
+// answers ig1 LOGIN "alice" "pw" with OK [CAPABILITY IMAP4rev1] done) and logs a client
+// in through it. runs counts the goroutines started for a flow from then on.
+func loggedInAsAlice(t *testing.T, addr string) (tp *testProxy, m *recordingMetrics, runs *atomic.Int32, c *transcript) {
+	t.Helper()
+	m = newRecordingMetrics()
+	tp = startProxy(t, toBackends(&routing.Backend{Address: addr}),
+		ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
+	runs = new(atomic.Int32)
+	hook := func(*flow) { runs.Add(1) }
+	testHookRun.Store(&hook)
+	t.Cleanup(func() { testHookRun.Store(nil) })
+	c = dialTranscript(t, tp.addr)
+	c.expect(greetPlainAllowed)
+	c.send("c1 LOGIN alice pw\r\n")
+	c.expect("c1 OK [CAPABILITY IMAP4rev1] done")
+	return tp, m, runs, c
 }
