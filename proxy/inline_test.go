@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -787,4 +788,137 @@ func loggedInAsAlice(t *testing.T, addr string) (tp *testProxy, m *recordingMetr
 	c.send("c1 LOGIN alice pw\r\n")
 	c.expect("c1 OK [CAPABILITY IMAP4rev1] done")
 	return tp, m, runs, c
+}
+
+// The client flow waits with carried bytes (destination full, EPOLLOUT asked on the backend
+// flow's registration); the backend's FIN (or an RST) then comes to the loop. The loop ends the backend
+// flow, closes the session and ends the client flow itself: carry dropped, no goroutine,
+// table empty, dormant count 0, done once.
+func TestInlineLoopEndsWaitingFlowOnClose(t *testing.T) {
+	for _, tc := range []struct{ burst, rst bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		burst := tc.burst
+		t.Run(fmt.Sprint("burst=", burst, ",rst=", tc.rst), func(t *testing.T) {
+			r := newInlineRig(t)
+			waiting := false
+			for attempt := 0; attempt < 20 && !waiting; attempt++ {
+				r.fillDestination()
+				msg := "a APPEND INBOX {5}\r\n"
+				if burst {
+					msg = strings.Repeat("m", 40<<10)
+				}
+				r.sender.Write([]byte(msg))
+				r.step()
+				waiting = r.f.carryB != nil
+			}
+			if !waiting {
+				t.Skip("destination never stayed full")
+			}
+			if r.rev.state.Load() != flowDormant || r.f.state.Load() != flowDormant {
+				t.Fatalf("states %d %d", r.f.state.Load(), r.rev.state.Load())
+			}
+			if tc.rst {
+				_ = r.receiver.SetLinger(0)
+				_ = r.receiver.Close()
+			} else {
+				_ = r.receiver.CloseWrite() // the backend's FIN
+			}
+			for ended := false; !ended; {
+				select {
+				case <-r.ended:
+					ended = true
+				default:
+					r.step()
+				}
+			}
+			if r.f.state.Load() != flowEnded || r.rev.state.Load() != flowEnded {
+				t.Fatalf("states %d %d, want both ended", r.f.state.Load(), r.rev.state.Load())
+			}
+			if r.f.carry != nil || r.f.carryB != nil {
+				t.Fatal("carry kept")
+			}
+			if n := r.runs.Load(); n != 0 {
+				t.Fatalf("%d goroutines", n)
+			}
+			if n := r.l.d.now.Load(); n != 0 {
+				t.Fatalf("dormant count %d", n)
+			}
+			r.l.mu.Lock()
+			n := len(r.l.flows)
+			r.l.mu.Unlock()
+			if n != 0 {
+				t.Fatalf("%d flows left in the table", n)
+			}
+			if len(r.l.ending) != 0 {
+				t.Fatal("ending not empty")
+			}
+			if r.f.sp.left.Load() != 0 {
+				t.Fatalf("left = %d", r.f.sp.left.Load())
+			}
+		})
+	}
+}
+
+// Many plain sessions end by LOGOUT (the backend's FIN comes to a loop) while Kick and Close
+// interrupt them from other goroutines: no race, no deadlock, every session finishes, the
+// dormant gauge goes back to 0.
+func TestInlineLoopEndsRaceKickAndClose(t *testing.T) {
+	be := startMemBackend(t, map[string]string{"alice@example.com": "alice"})
+	for round := 0; round < 5; round++ {
+		m := newRecordingMetrics()
+		tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
+			ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
+		const sessions = 40
+		conns := make([]net.Conn, 0, sessions)
+		brs := make([]*bufio.Reader, 0, sessions)
+		for i := 0; i < sessions; i++ {
+			c, err := net.Dial("tcp", tp.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			br := bufio.NewReader(c)
+			br.ReadString('\n')
+			fmt.Fprintf(c, "b1 LOGIN alice@example.com alice\r\n")
+			for {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				if strings.HasPrefix(l, "b1 ") {
+					break
+				}
+			}
+			conns, brs = append(conns, c), append(brs, br)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i, c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				fmt.Fprintf(c, "z LOGOUT\r\n")
+				for {
+					if _, err := brs[i].ReadString('\n'); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			<-start
+			tp.srv.Kick(func(si SessionInfo) bool { return si.ID[len(si.ID)-1]%2 == 0 })
+		}()
+		go func() { defer wg.Done(); <-start; tp.srv.Close() }()
+		close(start)
+		wg.Wait()
+		waitFor(t, "sessions gone", func() bool { return tp.srv.ActiveSessions() == 0 })
+		waitFor(t, "dormant gauge 0", func() bool { return m.dormantNow() == 0 })
+		if n := tp.srv.dormancy.now.Load(); n != 0 {
+			t.Fatalf("dormancy.now = %d", n)
+		}
+	}
 }
