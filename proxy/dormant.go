@@ -38,7 +38,7 @@ import (
 // Races are settled by a compare-and-swap on flow.state: whoever moves a flow from dormant
 // to running (a loop on an event, or closeAll when the session ends) starts its
 // goroutine, exactly once, or, where the loop's own flow's end closed the session, ends it
-// in the loop (pollLoop.endClosed). A flow takes its table entry before its state says dormant (only
+// in the loop (pollLoop.end). A flow takes its table entry before its state says dormant (only
 // its own goroutine can touch it then), and checks spliceState.closed again after arming, so
 // a close that came in between is not missed; an ended flow is marked forgotten and never
 // armed again. If a loop's goroutine fails, it wakes every dormant flow of that loop, and the
@@ -101,7 +101,7 @@ type pollLoop struct {
 	cp      inlineCopy   // the inline copy being made; the loop goroutine's only
 	again   []*flow      // inline flows that had their share and read on next turn; the loop goroutine's only
 	spare   []*flow      // again's other slice (turn swaps them); the loop goroutine's only
-	ending  []*flow      // inline flows of sessions the loop closed, to end (endClosed); the loop goroutine's only
+	ending  []*flow      // inline flows of sessions the loop closed, to end (pollLoop.end); the loop goroutine's only
 	ctl     epollCtlCall // under mu
 }
 

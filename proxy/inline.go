@@ -33,7 +33,7 @@ import (
 // a dormant flow, waiting bytes or not: its goroutine sees the close and ends. A flow that
 // ends in the loop (EOF, an error) ends there: spliceState.ended waits for nothing, and
 // when its end closes the session (the backend's FIN after LOGOUT, the usual end) the loop
-// ends the other flow too (endClosed), with no goroutine. (If the session ends with it, its
+// ends the other flow too (pollLoop.end), with no goroutine. (If the session ends with it, its
 // end line is logged from the loop. imapgate serve's log writer appends the line to a batch; a log destination
 // that blocks would hold the loop when a batch is full, as it would hold every login.)
 //
@@ -194,8 +194,7 @@ func (l *pollLoop) onWritable(f *flow) {
 	case err != nil:
 		f.dropCarry()
 		l.d.count(-1)
-		f.endIn(l, err)
-		l.endClosed()
+		l.end(f, err)
 	case len(left) > 0:
 		f.carryB = left
 		l.rest(f)
@@ -234,8 +233,7 @@ func (l *pollLoop) copy(f *flow) {
 		l.rest(f)
 	case inlineEnd:
 		d.count(-1)
-		f.endIn(l, err)
-		l.endClosed()
+		l.end(f, err)
 	default: // inlineBlocked
 		if h := testHookBlocked.Load(); h != nil {
 			(*h)(f.from)
@@ -343,24 +341,26 @@ func (f *flow) reverse() *flow {
 // end finishes a flow: it leaves the dormancy table and tells the session.
 func (f *flow) end(err error) { f.endIn(nil, err) }
 
-// endIn is end called by the goroutine of loop l (nil: any other). The caller then calls
-// l.endClosed: the flow's end may have closed its session (spliceState.closeAllIn).
+// endIn is end called by the goroutine of loop l (nil: any other).
 func (f *flow) endIn(l *pollLoop, err error) {
 	f.state.Store(flowEnded)
 	f.sp.s.srv.dormancy.forget(f)
 	f.sp.ended(f, err, l)
 }
 
-// endClosed ends the inline flows whose session the loop has just closed (flow.wakeIn),
-// as their goroutine would have: the bytes that waited for room in the destination go
-// nowhere (it is closed), and the flow ends with net.ErrClosed, which marks no error.
-func (l *pollLoop) endClosed() {
-	for i, f := range l.ending {
+// end ends f, which the loop holds, and then the inline flows whose session that closed
+// (flow.wakeIn put them in l.ending), as their goroutine would have: the bytes that waited
+// for room in the destination go nowhere (it is closed), and the flow ends with
+// net.ErrClosed, which marks no error. Their own ends find the session closed already, so
+// l.ending takes no more meanwhile.
+func (l *pollLoop) end(f *flow, err error) {
+	f.endIn(l, err)
+	for i, o := range l.ending {
 		l.ending[i] = nil
-		if f.carryB != nil {
-			f.dropCarry()
+		if o.carryB != nil {
+			o.dropCarry()
 		}
-		f.endIn(l, net.ErrClosed)
+		o.endIn(l, net.ErrClosed)
 	}
 	l.ending = l.ending[:0]
 }

@@ -740,7 +740,7 @@ func boolIndex(b bool) int {
 
 // A plain session's usual end: the backend answers LOGOUT and closes. Its FIN comes to the
 // loop, which ends that direction, closes the session and ends the other direction itself
-// (pollLoop.endClosed): no goroutine is started for either, and the session end is logged
+// (pollLoop.end): no goroutine is started for either, and the session end is logged
 // with both counts.
 func TestInlineSessionEndsInTheLoop(t *testing.T) {
 	addr := scriptedBackend(t, func(s *transcript) {
@@ -868,39 +868,24 @@ func TestInlineLoopEndsRaceKickAndClose(t *testing.T) {
 		tp := startProxy(t, toBackends(&routing.Backend{Address: be.addr}),
 			ListenerOptions{AllowPlaintextAuth: true}, func(o *Options) { o.Metrics = m })
 		const sessions = 40
-		conns := make([]net.Conn, 0, sessions)
-		brs := make([]*bufio.Reader, 0, sessions)
-		for i := 0; i < sessions; i++ {
-			c, err := net.Dial("tcp", tp.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-			br := bufio.NewReader(c)
-			br.ReadString('\n')
-			fmt.Fprintf(c, "b1 LOGIN alice@example.com alice\r\n")
-			for {
-				l, err := br.ReadString('\n')
-				if err != nil {
-					t.Fatal(err)
-				}
-				if strings.HasPrefix(l, "b1 ") {
-					break
-				}
-			}
-			conns, brs = append(conns, c), append(brs, br)
+		clients := make([]*transcript, sessions)
+		for i := range clients {
+			c := dialTranscript(t, tp.addr)
+			c.expect("* OK …")
+			c.send("b1 LOGIN alice@example.com alice\r\n")
+			c.expect("b1 OK …")
+			clients[i] = c
 		}
 		var wg sync.WaitGroup
 		start := make(chan struct{})
-		for i, c := range conns {
+		for _, c := range clients {
 			wg.Add(1)
-			go func() {
+			go func() { // not the test's goroutine: raw reads and writes, no Fatal
 				defer wg.Done()
 				<-start
-				fmt.Fprintf(c, "z LOGOUT\r\n")
+				_, _ = c.conn.Write([]byte("z LOGOUT\r\n"))
 				for {
-					if _, err := brs[i].ReadString('\n'); err != nil {
+					if _, err := c.br.ReadString('\n'); err != nil {
 						return
 					}
 				}

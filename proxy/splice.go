@@ -128,7 +128,7 @@ func (sp *spliceState) closeAll() { sp.closeAllIn(nil) }
 
 // closeAllIn is closeAll called by the goroutine of loop l (nil: by any other goroutine). A
 // dormant inline flow of l is then not given a goroutine just to see the close: l ends it
-// once the flow at hand has ended (pollLoop.endClosed). Most plain sessions end so (the
+// once the flow at hand has ended (pollLoop.end). Most plain sessions end so (the
 // backend's FIN after LOGOUT comes to the loop), and a goroutine started for it cost a
 // wake-up and, with the session's end logged on its fresh stack, a stack copy: about 5 % of
 // the proxy's CPU in the logins benchmark.
@@ -238,13 +238,13 @@ func (f *flow) copyOrSleep() (slept bool, err error) {
 // wake gives a dormant flow a goroutine again.
 func (f *flow) wake() { f.wakeIn(nil) }
 
-// wakeIn is wake called by the goroutine of loop l (nil: any other). An inline flow of l
-// that wakes because its session closed goes to l's list of flows to end (pollLoop.ending)
-// instead: with both sockets closed there is nothing left for it to copy.
+// wakeIn is wake called by the goroutine of loop l (nil: any other), which only
+// closeAllIn does: an inline flow of l goes to l's list of flows to end (pollLoop.ending)
+// instead, since with both sockets closed there is nothing left for it to copy.
 func (f *flow) wakeIn(l *pollLoop) {
 	if f.state.CompareAndSwap(flowDormant, flowRunning) {
 		f.sp.s.srv.dormancy.count(-1)
-		if l != nil && f.loop == l && f.inline && f.sp.closed.Load() {
+		if l != nil && f.loop == l && f.inline {
 			l.ending = append(l.ending, f)
 			return
 		}
