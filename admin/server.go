@@ -335,6 +335,8 @@ type RouteBackend struct {
 	Address         string       `json:"address"`
 	TLS             tlsconf.Mode `json:"tls"`
 	ForwardClientIP bool         `json:"forward_client_ip"`
+	// ProxyProtocol is the PROXY protocol header sent first: "off", "v1" or "v2".
+	ProxyProtocol routing.ProxyProtocol `json:"proxy_protocol"`
 }
 
 // RouteError is the body of a 503 from GET /api/v1/route: the user's shard (when known)
@@ -373,7 +375,8 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	resp := RouteResponse{User: user, Shard: dec.Shard, Reason: dec.Reason, UpstreamUser: dec.UpstreamUser,
 		Backends: make([]RouteBackend, 0, len(dec.Backends))}
 	for _, b := range dec.Backends {
-		resp.Backends = append(resp.Backends, RouteBackend{Address: b.Address, TLS: b.TLS, ForwardClientIP: b.ForwardClientIP})
+		resp.Backends = append(resp.Backends, RouteBackend{Address: b.Address, TLS: b.TLS, ForwardClientIP: b.ForwardClientIP,
+			ProxyProtocol: b.ProxyProtocol})
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

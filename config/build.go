@@ -96,6 +96,7 @@ func (c *Config) RoutingSpec() (routing.TableSpec, error) {
 				Address:         b.Address,
 				TLS:             b.TLS,
 				ForwardClientIP: b.ForwardClientIP,
+				ProxyProtocol:   b.ProxyProtocol,
 			}
 			if b.TLS != tlsconf.None {
 				name := b.ServerName

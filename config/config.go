@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/imapgate/imapgate/routing"
 	"github.com/imapgate/imapgate/tlsconf"
 	"gopkg.in/yaml.v3"
 )
@@ -159,6 +160,9 @@ type BackendConfig struct {
 	// ForwardClientIP sends Dovecot's ID forwarding keys (x-originating-ip and friends)
 	// before logging in, when the backend advertises ID.
 	ForwardClientIP bool `yaml:"forward_client_ip"`
+	// ProxyProtocol sends a PROXY protocol header (v1 or v2; off by default) with the
+	// client's address first on each connection to the backend, before TLS.
+	ProxyProtocol routing.ProxyProtocol `yaml:"proxy_protocol"`
 	// CAFile is a PEM bundle of the CAs that sign the backend's certificate. Empty means the
 	// system roots. Only with tls starttls or implicit.
 	CAFile string `yaml:"ca_file"`

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imapgate/imapgate/routing"
 	"github.com/imapgate/imapgate/tlsconf"
 )
 
@@ -50,6 +51,7 @@ routing:
         - address: 127.0.0.1:10143
           tls: none
           forward_client_ip: true
+          proxy_protocol: v2
         - address: 127.0.0.1:10993
           tls: implicit
           ca_file: /etc/imapgate/backend-ca.pem
@@ -97,7 +99,8 @@ func TestParseValid(t *testing.T) {
 	if got := r.Shards[0].Backends[1]; got != want {
 		t.Errorf("backend = %+v, want %+v", got, want)
 	}
-	if !r.Shards[0].Backends[0].ForwardClientIP || !r.Shards[1].Backends[0].InsecureSkipVerify {
+	if !r.Shards[0].Backends[0].ForwardClientIP || r.Shards[0].Backends[0].ProxyProtocol != routing.ProxyProtocolV2 ||
+		!r.Shards[1].Backends[0].InsecureSkipVerify {
 		t.Errorf("backend flags lost: %+v", r.Shards)
 	}
 	if r.Users["alice@example.com"] != "a" || r.Domains["*.example.net"] != "b" || len(r.Domains) != 2 {
@@ -344,6 +347,14 @@ routing:
         - address: "10.0.0.1:993"
           tls: ssl # <-
 `, "routing.shards[0].backends[0].tls", `unknown TLS mode "ssl"`},
+	{"unknown PROXY protocol version", `listeners: [{name: imap, address: "127.0.0.1:1143"}]
+routing:
+  shards:
+    - name: a
+      backends:
+        - address: "10.0.0.1:143"
+          proxy_protocol: v3 # <-
+`, "routing.shards[0].backends[0].proxy_protocol", `unknown PROXY protocol version "v3" (want off, v1 or v2)`},
 	{"unknown backend field", `listeners: [{name: imap, address: "127.0.0.1:1143"}]
 routing:
   shards:

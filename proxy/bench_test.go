@@ -53,7 +53,7 @@ func BenchmarkUpstreamLogin(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		up, err := dialUpstream(ctx, backend, 5*time.Second)
+		up, err := dialUpstream(ctx, backend, 5*time.Second, clientInfo{})
 		if err != nil {
 			b.Fatal(err)
 		}

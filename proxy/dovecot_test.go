@@ -156,45 +156,73 @@ func TestDovecotWrongPassword(t *testing.T) {
 	c.expect("a2 OK [CAPABILITY IMAP4rev1 …")
 }
 
-// Dovecot must log the client's address, forwarded through ID, not the proxy's. The client
-// connects from 127.0.0.2 (still loopback) while the proxy dials Dovecot from 127.0.0.1.
+// Dovecot must log the client's address, not the proxy's: forwarded through ID, or in a PROXY
+// protocol header (v1 or v2) sent to Dovecot's haproxy listener. The client connects from
+// 127.0.0.2 (still loopback) while the proxy dials Dovecot from 127.0.0.1.
 func TestDovecotSeesClientAddress(t *testing.T) {
 	requireDovecot(t)
-	ds := startDovecotShards(t, tlsconf.None)
-	tp := startProxy(t, &routing.Static{Table: ds.table}, ListenerOptions{AllowPlaintextAuth: true})
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-	conn, err := d.Dial("tcp", tp.addr)
-	if err != nil {
-		t.Skipf("cannot dial from 127.0.0.2: %v", err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	c := newTranscript(t, conn)
-	c.expect(greetPlainAllowed)
-	c.send("a1 LOGIN alice@example.com alice-pw\r\n")
-	c.expect("a1 OK …")
-	c.send("a2 LOGOUT\r\n")
-	c.expect("* BYE …")
-	c.expect("a2 OK …")
-	session := tp.waitLog(t, "login").ContextMap()["session"].(string)
-	port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
+	inst := startDovecot(t, map[string]string{"alice@example.com": "alice-pw"})
+	for _, tc := range []struct {
+		name string
+		be   routing.Backend
+		// idSession: the ID forwarding gives Dovecot the proxy's session id too.
+		idSession bool
+	}{
+		{"ID", routing.Backend{Address: inst.Addr, ForwardClientIP: true}, true},
+		{"PROXY v1", routing.Backend{Address: inst.HAProxyAddr, ProxyProtocol: routing.ProxyProtocolV1}, false},
+		{"PROXY v2", routing.Backend{Address: inst.HAProxyAddr, ProxyProtocol: routing.ProxyProtocolV2}, false},
+		{"PROXY v2 and ID", routing.Backend{Address: inst.HAProxyAddr, ProxyProtocol: routing.ProxyProtocolV2, ForwardClientIP: true}, true},
+		// The header goes before STARTTLS's cleartext greeting, as before any TLS.
+		{"PROXY v2, STARTTLS", routing.Backend{Address: inst.HAProxyAddr, ProxyProtocol: routing.ProxyProtocolV2, TLS: tlsconf.STARTTLS,
+			TLSConfig: &tls.Config{RootCAs: inst.RootCAs, ServerName: inst.ServerName}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := tc.be
+			table, err := routing.NewTable(routing.TableSpec{Shards: []routing.ShardSpec{{Name: "a", Backends: []*routing.Backend{&be}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tp := startProxy(t, &routing.Static{Table: table}, ListenerOptions{AllowPlaintextAuth: true})
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+			conn, err := d.Dial("tcp", tp.addr)
+			if err != nil {
+				t.Skipf("cannot dial from 127.0.0.2: %v", err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			c := newTranscript(t, conn)
+			c.expect(greetPlainAllowed)
+			c.send("a1 LOGIN alice@example.com alice-pw\r\n")
+			c.expect("a1 OK …")
+			c.send("a2 LOGOUT\r\n")
+			c.expect("* BYE …")
+			c.expect("a2 OK …")
+			session := tp.waitLog(t, "login").ContextMap()["session"].(string)
+			port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
 
-	log, err := ds.a.Log()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var line string
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, "Login: user=<alice@example.com>") {
-			line = l
-		}
-	}
-	if line == "" {
-		t.Fatalf("no login line in Dovecot's log:\n%s", log)
-	}
-	for _, want := range []string{"rip=127.0.0.2", "rport=" + port, "session=<" + session + ">"} {
-		if !strings.Contains(line, want) {
-			t.Errorf("Dovecot's login line lacks %q:\n%s", want, line)
-		}
+			// The last login line is this subtest's: the subtests run one after another.
+			log, err := inst.Log()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var line string
+			for _, l := range strings.Split(log, "\n") {
+				if strings.Contains(l, "Login: user=<alice@example.com>") {
+					line = l
+				}
+			}
+			if line == "" {
+				t.Fatalf("no login line in Dovecot's log:\n%s", log)
+			}
+			want := []string{"rip=127.0.0.2", "rport=" + port}
+			if tc.idSession {
+				want = append(want, "session=<"+session+">")
+			}
+			for _, w := range want {
+				if !strings.Contains(line, w) {
+					t.Errorf("Dovecot's login line lacks %q:\n%s", w, line)
+				}
+			}
+		})
 	}
 }
 
@@ -318,4 +346,14 @@ func TestDovecotConcurrentSessions(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// startDovecot starts a Dovecot for this test, with users.
+func startDovecot(t *testing.T, users map[string]string) *dovecot.Instance {
+	t.Helper()
+	inst := startDovecotNoFatal(t, users)
+	if inst == nil {
+		t.FailNow()
+	}
+	return inst
 }

@@ -154,7 +154,7 @@ func FuzzUpstream(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		up, err := dialUpstream(ctx, be, 20*time.Second)
+		up, err := dialUpstream(ctx, be, 20*time.Second, clientInfo{})
 		if err != nil {
 			checkUpstreamErr(t, err)
 			return

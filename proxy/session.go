@@ -274,7 +274,7 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 // loginUpstream dials one backend and logs in there.
 func (s *session) loginUpstream(ctx context.Context, be *routing.Backend, ci clientInfo, cr credentials) (*upstream, *loginResult, error) {
 	t0 := time.Now()
-	up, err := dialUpstream(ctx, be, s.srv.connectTimeout())
+	up, err := dialUpstream(ctx, be, s.srv.connectTimeout(), ci)
 	s.srv.metrics.UpstreamConnect(be.Shard, be.Address, time.Since(t0), err == nil)
 	if err != nil {
 		return nil, nil, err

@@ -20,7 +20,8 @@ import (
 // its reader goroutine keeps reading after login and its TLS connection is private). The
 // conversation is:
 //
-//	dial → [TLS] → greeting → [STARTTLS → TLS → CAPABILITY] → [CAPABILITY]
+//	dial → [PROXY header] → [TLS] → greeting → [STARTTLS → TLS → CAPABILITY]
+//	     → [CAPABILITY]
 //	     → [ID with Dovecot's forwarding keys] → AUTHENTICATE PLAIN or LOGIN
 //	     → tagged OK (+ CAPABILITY if the OK had none)
 //
@@ -76,16 +77,21 @@ func (u *upstream) nextTag() string {
 	return "ig" + strconv.Itoa(u.tagSeq)
 }
 
-// dialUpstream connects to be, does TLS as configured, reads the greeting and learns the
-// capabilities. Errors are *backendUnavailableError or *backendProtocolError.
-func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duration) (*upstream, error) {
+// dialUpstream connects to be, sends the PROXY header if be wants one (ci's addresses), does
+// TLS as configured, reads the greeting and learns the capabilities. Errors are
+// *backendUnavailableError or *backendProtocolError.
+func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duration, ci clientInfo) (*upstream, error) {
 	raw, err := dialBackend(ctx, be.Address, timeout)
 	if err != nil {
 		return nil, &backendUnavailableError{addr: be.Address, err: err}
 	}
 	u := &upstream{backend: be, raw: raw, conn: raw}
 	_ = raw.SetDeadline(timeoutDeadline(ctx, timeout))
-	if err := u.start(ctx); err != nil {
+	err = u.sendProxyHeader(ci)
+	if err == nil {
+		err = u.start(ctx)
+	}
+	if err != nil {
 		raw.Close()
 		u.releaseReader()
 		return nil, err

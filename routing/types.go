@@ -44,6 +44,9 @@ type Backend struct {
 	// ForwardClientIP makes the proxy send Dovecot's ID forwarding keys
 	// (x-originating-ip and friends) before logging in, when the backend advertises ID.
 	ForwardClientIP bool
+	// ProxyProtocol, if not off, makes the proxy send a PROXY protocol header with the
+	// client's address as the connection's first bytes, before TLS.
+	ProxyProtocol ProxyProtocol
 }
 
 // Decision says where a session goes and how to log in there.

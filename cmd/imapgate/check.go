@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/imapgate/imapgate/config"
+	"github.com/imapgate/imapgate/routing"
 	"github.com/imapgate/imapgate/tlsconf"
 	"go.uber.org/zap"
 )
@@ -167,6 +168,9 @@ func describeBackend(cfg *config.Config, b config.BackendConfig) string {
 	}
 	if b.ForwardClientIP {
 		parts = append(parts, "forwards client IP")
+	}
+	if b.ProxyProtocol != routing.ProxyProtocolOff {
+		parts = append(parts, "sends PROXY protocol "+b.ProxyProtocol.String())
 	}
 	return strings.Join(parts, ", ")
 }

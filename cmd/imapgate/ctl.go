@@ -18,6 +18,7 @@ import (
 	"github.com/imapgate/imapgate/admin"
 	"github.com/imapgate/imapgate/config"
 	"github.com/imapgate/imapgate/proxy"
+	"github.com/imapgate/imapgate/routing"
 )
 
 // ctlCommands are ctl's subcommands, for its usage text.
@@ -331,11 +332,14 @@ func ctlRoute(ctx context.Context, c *ctlClient, args []string, stdout, stderr i
 	fmt.Fprintln(stdout, "backends up, in the order this user tries them:")
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	for i, b := range resp.Backends {
-		extra := ""
+		var extra []string
 		if b.ForwardClientIP {
-			extra = "forwards client IP"
+			extra = append(extra, "forwards client IP")
 		}
-		fmt.Fprintf(tw, "  %d.\t%s\tTLS %s\t%s\n", i+1, b.Address, b.TLS, extra)
+		if b.ProxyProtocol != routing.ProxyProtocolOff {
+			extra = append(extra, "PROXY "+b.ProxyProtocol.String())
+		}
+		fmt.Fprintf(tw, "  %d.\t%s\tTLS %s\t%s\n", i+1, b.Address, b.TLS, strings.Join(extra, ", "))
 	}
 	tw.Flush()
 	return nil

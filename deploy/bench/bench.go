@@ -586,7 +586,7 @@ func describePeers(targets []string, o *Options) []string {
 		case Imapgate:
 			fwd := ""
 			if o.Backend == "dovecot" {
-				fwd = ", forward_client_ip (an ID command before login)"
+				fwd = ", proxy_protocol v2 (the client's address in a PROXY header to the backend's haproxy listener)"
 			}
 			rt := fmt.Sprintf("GOMAXPROCS=%d (the default: one per core it may use)", nproc())
 			if len(o.Imapgate.Env) > 0 {
@@ -600,10 +600,14 @@ func describePeers(targets []string, o *Options) []string {
 			out = append(out, "relay: a bare byte relay (`imapgate bench-relay` child process): a goroutine per direction, read(2)/write(2) through a 16 KiB buffer; no IMAP, no login, no TLS, no logs: what one more user-space hop written the plain Go way costs here")
 		case DovecotProxy:
 			out = append(out, "dovecot-proxy: Dovecot "+commandVersion("dovecot", "--version")+
-				" as a second instance: passdb static proxy=y nopassword=y (the backend checks the password), imap-login service_count=0 (2 processes at start, at most 4)")
+				" as a second instance: passdb static proxy=y nopassword=y (the backend checks the password), imap-login service_count=0 (2 processes at start, at most 4); it forwards the client's address with an ID command, its only way")
 		case Nginx:
 			v := strings.TrimPrefix(commandVersion(nginxBinary(), "-v"), "nginx version: ")
-			out = append(out, fmt.Sprintf("nginx: %s mail proxy, worker_processes %d (one per core), auth_http served by the same nginx", v, nproc()))
+			fwd := ""
+			if o.Backend == "dovecot" {
+				fwd = ", proxy_protocol on (the client's address in a PROXY v1 header to the backend's haproxy listener)"
+			}
+			out = append(out, fmt.Sprintf("nginx: %s mail proxy, worker_processes %d (one per core), auth_http served by the same nginx%s", v, nproc(), fwd))
 		}
 	}
 	return out

@@ -15,6 +15,7 @@ import (
 	"github.com/imapgate/imapgate/config"
 	"github.com/imapgate/imapgate/deploy/dovecot"
 	"github.com/imapgate/imapgate/deploy/memdemo"
+	"github.com/imapgate/imapgate/routing"
 )
 
 func TestLiteralSize(t *testing.T) {
@@ -160,7 +161,7 @@ func TestImapgateConfig(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "cert.pem"), certPEM, 0o600)
 		os.WriteFile(filepath.Join(dir, "key.pem"), keyPEM, 0o600)
 		path := filepath.Join(dir, "imapgate.yaml")
-		doc := imapgateConfig("127.0.0.1:1993", useTLS, &backend{kind: "dovecot", addr: "127.0.0.1:10143"})
+		doc := imapgateConfig("127.0.0.1:1993", useTLS, &backend{kind: "dovecot", addr: "127.0.0.1:10143", haproxyAddr: "127.0.0.1:10144"})
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -171,6 +172,14 @@ func TestImapgateConfig(t *testing.T) {
 		if _, err := cfg.Listeners(); err != nil {
 			t.Fatalf("tls %v: %v", useTLS, err)
 		}
+		spec, err := cfg.RoutingSpec()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The client's address goes to Dovecot's haproxy listener in a PROXY header.
+		if b := spec.Shards[0].Backends[0]; b.Address != "127.0.0.1:10144" || b.ProxyProtocol != routing.ProxyProtocolV2 || b.ForwardClientIP {
+			t.Errorf("tls %v: backend %+v, want 127.0.0.1:10144 with PROXY v2 and no ID", useTLS, b)
+		}
 	}
 }
 
@@ -180,11 +189,14 @@ func TestNginxConfig(t *testing.T) {
 	for _, want := range []string{
 		"load_module " + nginxMailModule, "worker_processes 2;", "worker_rlimit_nofile 20000;",
 		"worker_connections 19936;", "listen 127.0.0.1:1;", "listen 127.0.0.1:2 ssl;",
-		"auth_http 127.0.0.1:3/auth;", "add_header Auth-Port 4;", "error_log /w/error.log",
+		"auth_http 127.0.0.1:3/auth;", "add_header Auth-Port 4;", "error_log /w/error.log", "proxy_protocol off;",
 	} {
 		if !strings.Contains(c, want) {
 			t.Errorf("nginx.conf lacks %q:\n%s", want, c)
 		}
+	}
+	if c := nginxConfig(nginxParams{dir: "/w", proxyProtocol: true, files: 20000}); !strings.Contains(c, "proxy_protocol on;") {
+		t.Errorf("nginx.conf with the PROXY protocol lacks proxy_protocol on:\n%s", c)
 	}
 }
 

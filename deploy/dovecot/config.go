@@ -21,6 +21,7 @@ type configParams struct {
 	dir             string
 	baseDir         string
 	port, tlsPort   int
+	haproxyPort     int
 	trustedNetworks string
 	maxConns        int
 	user            mailUser
@@ -88,8 +89,9 @@ func renderConfig(p configParams) string {
 	w("auth_verbose = yes")
 	w("# Tests check wrong passwords; do not make them wait (default 2s).")
 	w("auth_failure_delay = 0")
-	w("# ID x-originating-ip/-port and x-session-id are honoured only from here.")
+	w("# ID x-originating-ip/-port and x-session-id, and PROXY headers, are honoured only from here.")
 	w("login_trusted_networks = %s", p.trustedNetworks)
+	w("haproxy_trusted_networks = %s", p.trustedNetworks)
 	w("login_log_format_elements = user=<%%u> method=%%m rip=%%r rport=%%{rport} lip=%%l lport=%%{lport} mpid=%%e %%c session=<%%{session}>")
 	w("")
 	w("passdb {")
@@ -123,6 +125,11 @@ func renderConfig(p configParams) string {
 	w("  inet_listener imaps {")
 	w("    port = %d", p.tlsPort)
 	w("    ssl = yes")
+	w("  }")
+	w("  # For proxies that send the client's address in a PROXY protocol header.")
+	w("  inet_listener imap_haproxy {")
+	w("    port = %d", p.haproxyPort)
+	w("    haproxy = yes")
 	w("  }")
 	w("  # High-performance mode: few long-lived login processes. They also")
 	w("  # proxy TLS for the whole session, so client_limit covers all sessions.")

@@ -68,8 +68,9 @@ type Options struct {
 	// (auth_username_format = %Lu), so names are stored lower-cased; they
 	// may use letters, digits and . - _ @. Passwords may hold any byte.
 	Users map[string]string
-	// TrustedNetworks is login_trusted_networks: connections from there may
-	// forward the client's address with ID x-originating-ip. "" means
+	// TrustedNetworks is login_trusted_networks and haproxy_trusted_networks:
+	// connections from there may forward the client's address with ID
+	// x-originating-ip, or with a PROXY header on HAProxyAddr. "" means
 	// "127.0.0.0/8 ::1/128".
 	TrustedNetworks string
 	// MaxConnections sizes the process and client limits and
@@ -82,12 +83,17 @@ type Options struct {
 
 // Instance is a running Dovecot.
 type Instance struct {
-	Addr       string         // 127.0.0.1:port, plain IMAP with STARTTLS available
-	TLSAddr    string         // 127.0.0.1:port, implicit TLS
-	RootCAs    *x509.CertPool // trusts the instance's self-signed certificate
-	ServerName string         // DNS name in that certificate; it also has IP SANs 127.0.0.1 and ::1
-	LogPath    string         // Dovecot's log file (log_path, info_log_path, debug_log_path)
-	Dir        string         // the absolute work directory
+	Addr    string // 127.0.0.1:port, plain IMAP with STARTTLS available
+	TLSAddr string // 127.0.0.1:port, implicit TLS
+	// HAProxyAddr is 127.0.0.1:port, plain IMAP as Addr, for clients that send a PROXY
+	// protocol header (v1 or v2) first: Dovecot takes the client's address from it when the
+	// connection comes from TrustedNetworks (haproxy_trusted_networks), and refuses a
+	// connection without one.
+	HAProxyAddr string
+	RootCAs     *x509.CertPool // trusts the instance's self-signed certificate
+	ServerName  string         // DNS name in that certificate; it also has IP SANs 127.0.0.1 and ::1
+	LogPath     string         // Dovecot's log file (log_path, info_log_path, debug_log_path)
+	Dir         string         // the absolute work directory
 
 	cmd          *exec.Cmd
 	done         chan struct{} // closed when the master has been waited for
@@ -191,12 +197,12 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 
 	var lastErr error
 	for attempt := 0; attempt < bindAttempts; attempt++ {
-		ports, err := pickPorts(2)
+		ports, err := pickPorts(3)
 		if err != nil {
 			lastErr = err
 			break
 		}
-		params.port, params.tlsPort = ports[0], ports[1]
+		params.port, params.tlsPort, params.haproxyPort = ports[0], ports[1], ports[2]
 		if err := os.WriteFile(confPath(dir), []byte(renderConfig(params)), 0o600); err != nil {
 			lastErr = err
 			break
@@ -206,6 +212,7 @@ func Start(ctx context.Context, o Options) (*Instance, error) {
 		inst := &Instance{
 			Addr:         net.JoinHostPort("127.0.0.1", strconv.Itoa(params.port)),
 			TLSAddr:      net.JoinHostPort("127.0.0.1", strconv.Itoa(params.tlsPort)),
+			HAProxyAddr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(params.haproxyPort)),
 			RootCAs:      pool,
 			ServerName:   certServerName,
 			LogPath:      logPath(dir),
