@@ -17,6 +17,8 @@
 //	(routing)   route: the Router interface (api.go) asks package routing for shard and backends
 //	upstream.go upstream login: dial, TLS or STARTTLS, CAPABILITY, ID forwarding of the client
 //	            address (Dovecot's x-originating-ip), AUTHENTICATE PLAIN or LOGIN
+//	proxyproto.go the PROXY protocol header (v1 or v2) with the client's address, sent first
+//	            on the backend connection where the backend wants one
 //	response.go the backend response reader used by the upstream login
 //	splice.go   splice: raw bytes both ways, one flow per direction, copied by a goroutine
 //	            where a side is TLS (or observed): short messages through a pooled buffer,
