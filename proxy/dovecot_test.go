@@ -199,19 +199,25 @@ func TestDovecotSeesClientAddress(t *testing.T) {
 			session := tp.waitLog(t, "login").ContextMap()["session"].(string)
 			port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
 
-			// The last login line is this subtest's: the subtests run one after another.
-			log, err := inst.Log()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var line string
-			for _, l := range strings.Split(log, "\n") {
-				if strings.Contains(l, "Login: user=<alice@example.com>") {
-					line = l
+			// Dovecot's log process writes the line after the client's session: look for
+			// this connection's line (its port) until it comes. A log file written by
+			// another process gives nothing to wait on but polling.
+			var line, log string
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for deadline := time.Now().Add(10 * time.Second); line == "" && time.Now().Before(deadline); <-tick.C {
+				var err error
+				if log, err = inst.Log(); err != nil {
+					t.Fatal(err)
+				}
+				for _, l := range strings.Split(log, "\n") {
+					if strings.Contains(l, "Login: user=<alice@example.com>") && strings.Contains(l, "rport="+port+",") {
+						line = l
+					}
 				}
 			}
 			if line == "" {
-				t.Fatalf("no login line in Dovecot's log:\n%s", log)
+				t.Fatalf("no login line for client port %s in Dovecot's log:\n%s", port, log)
 			}
 			want := []string{"rip=127.0.0.2", "rport=" + port}
 			if tc.idSession {
