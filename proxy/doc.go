@@ -18,7 +18,8 @@
 //	upstream.go upstream login: dial, TLS or STARTTLS, CAPABILITY, ID forwarding of the client
 //	            address (Dovecot's x-originating-ip), AUTHENTICATE PLAIN or LOGIN
 //	proxyproto.go the PROXY protocol header (v1 or v2) with the client's address, sent first
-//	            on the backend connection where the backend wants one
+//	            on the backend connection where the backend wants one; v2 also says
+//	            whether the client used TLS (PP2_TYPE_SSL) and the name it asked for
 //	response.go the backend response reader used by the upstream login
 //	splice.go   splice: raw bytes both ways, one flow per direction, copied by a goroutine
 //	            where a side is TLS (or observed): short messages through a pooled buffer,

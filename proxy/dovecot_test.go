@@ -52,12 +52,19 @@ func startDovecotShards(t *testing.T, backendTLS tlsconf.Mode) *dovecotShards {
 
 // startDovecotNoFatal is startDovecot for use in a goroutine (Fatal must run on the test's).
 func startDovecotNoFatal(t *testing.T, users map[string]string) *dovecot.Instance {
+	return startDovecotWith(t, dovecot.Options{Users: users})
+}
+
+// startDovecotWith starts a Dovecot for this test with o (Dir is the test's), or reports the
+// error and returns nil.
+func startDovecotWith(t *testing.T, o dovecot.Options) *dovecot.Instance {
 	if _, ok := dovecot.Available(); !ok {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	inst, err := dovecot.Start(ctx, dovecot.Options{Dir: t.TempDir(), Users: users})
+	o.Dir = t.TempDir()
+	inst, err := dovecot.Start(ctx, o)
 	if err != nil {
 		t.Error(err)
 		return nil
@@ -199,26 +206,7 @@ func TestDovecotSeesClientAddress(t *testing.T) {
 			session := tp.waitLog(t, "login").ContextMap()["session"].(string)
 			port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
 
-			// Dovecot's log process writes the line after the client's session: look for
-			// this connection's line (its port) until it comes. A log file written by
-			// another process gives nothing to wait on but polling.
-			var line, log string
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			for deadline := time.Now().Add(10 * time.Second); line == "" && time.Now().Before(deadline); <-tick.C {
-				var err error
-				if log, err = inst.Log(); err != nil {
-					t.Fatal(err)
-				}
-				for _, l := range strings.Split(log, "\n") {
-					if strings.Contains(l, "Login: user=<alice@example.com>") && strings.Contains(l, "rport="+port+",") {
-						line = l
-					}
-				}
-			}
-			if line == "" {
-				t.Fatalf("no login line for client port %s in Dovecot's log:\n%s", port, log)
-			}
+			line := dovecotLoginLine(t, inst, port)
 			want := []string{"rip=127.0.0.2", "rport=" + port}
 			if tc.idSession {
 				want = append(want, "session=<"+session+">")
@@ -230,6 +218,99 @@ func TestDovecotSeesClientAddress(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client that came to imapgate over TLS is a TLS client to Dovecot too: the version 2
+// header's PP2_TYPE_SSL makes Dovecot count the cleartext connection to its haproxy listener
+// as secured, so its default disable_plaintext_auth = yes lets the login through, and its
+// log says so; the header's PP2_TYPE_AUTHORITY gives it the name the client asked for (SNI)
+// as its local name. A cleartext client, whose header has neither, is refused by Dovecot
+// (LOGINDISABLED), which imapgate answers with NO [UNAVAILABLE].
+func TestDovecotProxyHeaderClientTLS(t *testing.T) {
+	requireDovecot(t)
+	inst := startDovecotWith(t, dovecot.Options{
+		Users: map[string]string{"alice@example.com": "alice-pw"},
+		// imapgate connects from 127.0.0.1, the clients from 127.0.0.2: a client is not
+		// trusted, so not secured by its address.
+		TrustedNetworks: "127.0.0.1/32",
+		ExtraConfig: "disable_plaintext_auth = yes\n" +
+			"login_log_format_elements = user=<%u> rport=%{rport} local_name=<%{local_name}> %c\n",
+	})
+	if inst == nil {
+		t.FailNow()
+	}
+	table, err := routing.NewTable(routing.TableSpec{Shards: []routing.ShardSpec{{Name: "a", Backends: []*routing.Backend{
+		{Address: inst.HAProxyAddr, ProxyProtocol: routing.ProxyProtocolV2}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		mode tlsconf.Mode
+	}{
+		{"TLS client", tlsconf.Implicit},
+		{"cleartext client", tlsconf.None},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := startProxy(t, &routing.Static{Table: table}, ListenerOptions{TLS: tc.mode, AllowPlaintextAuth: true})
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+			conn, err := d.Dial("tcp", tp.addr)
+			if err != nil {
+				t.Skipf("cannot dial from 127.0.0.2: %v", err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			if tc.mode == tlsconf.Implicit {
+				cfg := tp.tls.Clone()
+				cfg.ServerName = "localhost" // a name, so it goes as SNI (an IP address does not)
+				conn = tls.Client(conn, cfg)
+			}
+			port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
+			c := newTranscript(t, conn)
+			c.expect("* OK …")
+			c.send("a1 LOGIN alice@example.com alice-pw\r\n")
+			if tc.mode == tlsconf.None {
+				// Dovecot offers LOGINDISABLED and no AUTH=PLAIN: nothing the client can mend.
+				c.expect("a1 NO [UNAVAILABLE] Service temporarily unavailable.")
+				if e := tp.waitLog(t, "backend failed"); !strings.Contains(fmt.Sprint(e.ContextMap()["error"]), "LOGINDISABLED") {
+					t.Errorf("backend failed: %v, want Dovecot's LOGINDISABLED named", e.ContextMap())
+				}
+				return
+			}
+			c.expect("a1 OK …")
+			c.send("a2 LOGOUT\r\n")
+			c.expect("* BYE …")
+			c.expect("a2 OK …")
+			line := dovecotLoginLine(t, inst, port)
+			for _, w := range []string{"local_name=<localhost>", "secured"} {
+				if !strings.Contains(line, w) {
+					t.Errorf("Dovecot's login line lacks %q:\n%s", w, line)
+				}
+			}
+		})
+	}
+}
+
+// dovecotLoginLine waits for Dovecot's login line for the client whose port is port.
+// Dovecot's log process writes the line after the client's session; a log file written by
+// another process gives nothing to wait on but polling.
+func dovecotLoginLine(t *testing.T, inst *dovecot.Instance, port string) string {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var log string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); <-tick.C {
+		var err error
+		if log, err = inst.Log(); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, "Login: user=<alice@example.com>") && strings.Contains(l, "rport="+port+",") {
+				return l
+			}
+		}
+	}
+	t.Fatalf("no login line for client port %s in Dovecot's log:\n%s", port, log)
+	return ""
 }
 
 // A 10 MB message appended through the proxy comes back byte for byte, with TLS on the client

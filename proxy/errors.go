@@ -49,3 +49,16 @@ func (e *authFailedError) Error() string {
 	}
 	return "backend refused login: " + e.text
 }
+
+// proxyFaultError: the proxy could not do its own part of the upstream login, such as making
+// the PROXY header a backend asks for. Neither the client's fault nor the backend's; the
+// client gets NO [UNAVAILABLE], the next backend of the shard is tried, and the log line and
+// the "error" login result say what failed.
+type proxyFaultError struct {
+	op  string
+	err error
+}
+
+func (e *proxyFaultError) Error() string { return e.op + ": " + e.err.Error() }
+
+func (e *proxyFaultError) Unwrap() error { return e.err }

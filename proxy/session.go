@@ -209,6 +209,11 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 	}
 	lf = slices.Clip(append(lf, zap.String("shard", dec.Shard)))
 	ci := clientInfo{client: req.Client, local: req.Local, sessionID: s.id}
+	if s.clientTLS && slices.ContainsFunc(dec.Backends, func(b *routing.Backend) bool {
+		return b.ProxyProtocol == routing.ProxyProtocolV2
+	}) {
+		ci.tls = tlsInfoOf(s.conn) // for the version 2 header's TLVs (proxyproto.go)
+	}
 	upCreds := cr
 	if dec.UpstreamUser != "" {
 		upCreds.user = dec.UpstreamUser
@@ -261,8 +266,11 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 		m.Login("aborted", mech, time.Since(s.start))
 		return hangUp, errors.New("server shutting down")
 	}
-	var pe *backendProtocolError
-	if errors.As(lastErr, &pe) {
+	var (
+		pe *backendProtocolError
+		fe *proxyFaultError
+	)
+	if errors.As(lastErr, &pe) || errors.As(lastErr, &fe) {
 		m.Login("error", mech, time.Since(s.start))
 	} else {
 		m.Login("unavailable", mech, time.Since(s.start))

@@ -65,11 +65,13 @@ type loginResult struct {
 	mech     string // "PLAIN" or "LOGIN"
 }
 
-// clientInfo is what the backend learns about the client through ID forwarding.
+// clientInfo is what the backend learns about the client through ID forwarding or a PROXY
+// header.
 type clientInfo struct {
 	client    netip.AddrPort
 	local     netip.AddrPort
 	sessionID string
+	tls       *clientTLSInfo // the client's TLS connection to the proxy; nil in cleartext
 }
 
 func (u *upstream) nextTag() string {

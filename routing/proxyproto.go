@@ -9,7 +9,8 @@ import "fmt"
 // connections without it there. Against forwarding the address with an ID command
 // (Backend.ForwardClientIP) it spares the proxy the ID command and its answer: 16 µs of the
 // proxy's CPU per login in six alternating rounds through imapgate to Dovecot 2.3, and Dovecot
-// about as much as the noise (7 µs). The zero value sends none.
+// about as much as the noise (7 µs). A version 2 header also says whether the client used TLS
+// to the proxy (package proxy). The zero value sends none.
 type ProxyProtocol int
 
 const (

@@ -35,6 +35,10 @@ func TestNewTableValidation(t *testing.T) {
 		{"backend of another shard", TableSpec{Shards: []ShardSpec{{Name: "a", Backends: []*Backend{
 			{Shard: "b", Address: "x:143"}}}}},
 			[]string{`shard "a": backend "x:143" says it belongs to shard "b"`}},
+		// A Backend made in code, not parsed from the configuration, may hold any number.
+		{"unknown PROXY protocol version", TableSpec{Shards: []ShardSpec{{Name: "a", Backends: []*Backend{
+			{Address: "x:143", ProxyProtocol: 3}}}}},
+			[]string{`shard "a": backend "x:143": invalid PROXY protocol version 3 (want off, v1 or v2)`}},
 		{"control character", TableSpec{Shards: one("a\x00")}, []string{`shard "a\x00": name contains the control character`}},
 
 		{"user to unknown shard", TableSpec{Shards: one("a"), Users: map[string]string{"u@example.org": "b"}},
