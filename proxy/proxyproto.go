@@ -58,6 +58,9 @@ func openSSLVersion(v uint16) string {
 	return tls.VersionName(v)
 }
 
+// maxAuthority bounds the PP2_TYPE_AUTHORITY TLV, as HAProxy's PP2_AUTHORITY_MAX does.
+const maxAuthority = 255
+
 // tlvs returns the TLVs that say the client used TLS.
 func (t *clientTLSInfo) tlvs() ([]proxyproto.TLV, error) {
 	ssl := tlvparse.PP2SSL{
@@ -75,7 +78,10 @@ func (t *clientTLSInfo) tlvs() ([]proxyproto.TLV, error) {
 		return nil, err
 	}
 	out := []proxyproto.TLV{tlv}
-	if t.serverName != "" {
+	// The name is the client's own bytes: up to 64 KiB in a ClientHello. A DNS name has at
+	// most 253 characters; a longer one is left out (HAProxy caps its authority at 255), so
+	// no client makes a header the backend would refuse (Dovecot 2.3 reads 1 500 bytes).
+	if t.serverName != "" && len(t.serverName) <= maxAuthority {
 		out = append(out, proxyproto.TLV{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte(t.serverName)})
 	}
 	return out, nil

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/imapgate/imapgate/routing"
@@ -45,6 +46,10 @@ func TestProxyHeader(t *testing.T) {
 		{name: "v2 TLS client without SNI", v: routing.ProxyProtocolV2, client: "192.0.2.7:51000", local: "198.51.100.1:993",
 			tls:     &clientTLSInfo{version: "TLSv1.2", cipher: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"},
 			wantSrc: "192.0.2.7:51000", wantDst: "198.51.100.1:993"},
+		// A client's 60 000-byte server name is no DNS name: left out, the header stays small.
+		{name: "v2 TLS client with an overlong SNI", v: routing.ProxyProtocolV2, client: "192.0.2.7:51000", local: "198.51.100.1:993",
+			tls:     &clientTLSInfo{version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", serverName: strings.Repeat("a", 60000)},
+			wantSrc: "192.0.2.7:51000", wantDst: "198.51.100.1:993"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ci := clientInfo{tls: tc.tls}
@@ -77,6 +82,9 @@ func TestProxyHeader(t *testing.T) {
 			}
 			if rest, _ := br.ReadString('\n'); rest != "a1 CAPABILITY\r\n" {
 				t.Errorf("after the header the reader has %q", rest)
+			}
+			if len(h) > 300 {
+				t.Errorf("header of %d bytes", len(h))
 			}
 			checkTLSTLVs(t, got, tc.v == routing.ProxyProtocolV2, tc.tls)
 		})
@@ -114,8 +122,12 @@ func checkTLSTLVs(t *testing.T, h *proxyproto.Header, v2 bool, want *clientTLSIn
 	if c, _ := ssl.SSLCipher(); c != want.cipher {
 		t.Errorf("SSL cipher %q, want %q", c, want.cipher)
 	}
-	if authority != want.serverName {
-		t.Errorf("authority %q, want %q", authority, want.serverName)
+	wantName := want.serverName
+	if len(wantName) > maxAuthority {
+		wantName = "" // no DNS name: left out
+	}
+	if authority != wantName {
+		t.Errorf("authority %q, want %q", authority, wantName)
 	}
 }
 
