@@ -249,6 +249,7 @@ func TestDovecotProxyHeaderClientTLS(t *testing.T) {
 		mode tlsconf.Mode
 	}{
 		{"TLS client", tlsconf.Implicit},
+		{"STARTTLS client", tlsconf.STARTTLS},
 		{"cleartext client", tlsconf.None},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -259,14 +260,22 @@ func TestDovecotProxyHeaderClientTLS(t *testing.T) {
 				t.Skipf("cannot dial from 127.0.0.2: %v", err)
 			}
 			t.Cleanup(func() { conn.Close() })
-			if tc.mode == tlsconf.Implicit {
-				cfg := tp.tls.Clone()
+			var cfg *tls.Config
+			if tc.mode != tlsconf.None {
+				cfg = tp.tls.Clone()
 				cfg.ServerName = "localhost" // a name, so it goes as SNI (an IP address does not)
+			}
+			if tc.mode == tlsconf.Implicit {
 				conn = tls.Client(conn, cfg)
 			}
 			port := fmt.Sprint(conn.LocalAddr().(*net.TCPAddr).Port)
 			c := newTranscript(t, conn)
 			c.expect("* OK …")
+			if tc.mode == tlsconf.STARTTLS {
+				c.send("s1 STARTTLS\r\n")
+				c.expect("s1 OK Begin TLS negotiation now.")
+				c.startTLS(cfg)
+			}
 			c.send("a1 LOGIN alice@example.com alice-pw\r\n")
 			if tc.mode == tlsconf.None {
 				// Dovecot offers LOGINDISABLED and no AUTH=PLAIN: nothing the client can mend.
