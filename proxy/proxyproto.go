@@ -22,7 +22,7 @@ import (
 // version and cipher, and a PP2_TYPE_AUTHORITY TLV (section 2.2.2) with the server name the
 // client asked for (SNI), if any. Dovecot 2.3 takes the first as the client's own TLS: the
 // connection counts as secured (disable_plaintext_auth lets it log in, %c says so in the
-// log), and the second as the local name its local_name blocks match. Version 1 has no room
+// log), and the second as the client's local name (%{local_name}). Version 1 has no room
 // for either.
 
 // clientTLSInfo is what the backend learns of the client's TLS connection to the proxy.
@@ -58,8 +58,25 @@ func openSSLVersion(v uint16) string {
 	return tls.VersionName(v)
 }
 
-// maxAuthority bounds the PP2_TYPE_AUTHORITY TLV, as HAProxy's PP2_AUTHORITY_MAX does.
-const maxAuthority = 255
+// hostnameLike reports whether a client's server name may go to the backend in
+// PP2_TYPE_AUTHORITY. The name is the client's own bytes, checked by crypto/tls only for a
+// trailing dot: up to 64 KiB of anything. Only what a DNS name may hold goes: at most 253
+// bytes (HAProxy caps its authority at 255; Dovecot 2.3 refuses a header over 1 500 bytes,
+// which a longer name would make) of letters, digits, '-', '_' and '.' (no control bytes
+// for a backend's log).
+func hostnameLike(name string) bool {
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // tlvs returns the TLVs that say the client used TLS.
 func (t *clientTLSInfo) tlvs() ([]proxyproto.TLV, error) {
@@ -78,10 +95,7 @@ func (t *clientTLSInfo) tlvs() ([]proxyproto.TLV, error) {
 		return nil, err
 	}
 	out := []proxyproto.TLV{tlv}
-	// The name is the client's own bytes: up to 64 KiB in a ClientHello. A DNS name has at
-	// most 253 characters; a longer one is left out (HAProxy caps its authority at 255), so
-	// no client makes a header the backend would refuse (Dovecot 2.3 reads 1 500 bytes).
-	if t.serverName != "" && len(t.serverName) <= maxAuthority {
+	if hostnameLike(t.serverName) {
 		out = append(out, proxyproto.TLV{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte(t.serverName)})
 	}
 	return out, nil
@@ -120,18 +134,16 @@ func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// sendProxyHeader writes the backend's PROXY header, if it wants one. A header the proxy
-// cannot make is its own fault (proxyFaultError), not the backend's.
-func (u *upstream) sendProxyHeader(ci clientInfo) error {
-	if u.backend.ProxyProtocol == routing.ProxyProtocolOff {
-		return nil
+// proxyHeaderFor returns the PROXY header be wants, or nil. It is made before the connection:
+// a header the proxy cannot make is its own fault (proxyFaultError), not the backend's, and
+// costs the backend no connection.
+func proxyHeaderFor(be *routing.Backend, ci clientInfo) ([]byte, error) {
+	if be.ProxyProtocol == routing.ProxyProtocolOff {
+		return nil, nil
 	}
-	h, err := proxyHeader(u.backend.ProxyProtocol, ci)
+	h, err := proxyHeader(be.ProxyProtocol, ci)
 	if err != nil {
-		return &proxyFaultError{op: "PROXY header for backend " + u.backend.Address, err: err}
+		return nil, &proxyFaultError{op: "PROXY header for backend " + be.Address, err: err}
 	}
-	if _, err := u.raw.Write(h); err != nil {
-		return u.unavailable(err)
-	}
-	return nil
+	return h, nil
 }

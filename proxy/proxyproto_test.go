@@ -3,12 +3,17 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imapgate/imapgate/routing"
+	"github.com/imapgate/imapgate/tlsconf"
 	"github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
 )
@@ -50,6 +55,12 @@ func TestProxyHeader(t *testing.T) {
 		{name: "v2 TLS client with an overlong SNI", v: routing.ProxyProtocolV2, client: "192.0.2.7:51000", local: "198.51.100.1:993",
 			tls:     &clientTLSInfo{version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", serverName: strings.Repeat("a", 60000)},
 			wantSrc: "192.0.2.7:51000", wantDst: "198.51.100.1:993"},
+		// Nor does a name with bytes no DNS name has, which would reach the backend's log.
+		{name: "v2 TLS client with a line break in its SNI", v: routing.ProxyProtocolV2, client: "192.0.2.7:51000", local: "198.51.100.1:993",
+			tls:     &clientTLSInfo{version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", serverName: "evil\nFAKE-LINE: injected"},
+			wantSrc: "192.0.2.7:51000", wantDst: "198.51.100.1:993"},
+		// Addresses unknown, TLS known: a LOCAL header still says the client used TLS.
+		{name: "v2 unknown, TLS client", v: routing.ProxyProtocolV2, tls: tls13},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ci := clientInfo{tls: tc.tls}
@@ -123,7 +134,7 @@ func checkTLSTLVs(t *testing.T, h *proxyproto.Header, v2 bool, want *clientTLSIn
 		t.Errorf("SSL cipher %q, want %q", c, want.cipher)
 	}
 	wantName := want.serverName
-	if len(wantName) > maxAuthority {
+	if !hostnameLike(wantName) {
 		wantName = "" // no DNS name: left out
 	}
 	if authority != wantName {
@@ -131,16 +142,113 @@ func checkTLSTLVs(t *testing.T, h *proxyproto.Header, v2 bool, want *clientTLSIn
 	}
 }
 
-// A version the protocol does not have is the proxy's own fault, never sent as another one.
+// The bytes of a version 2 header for a TLS client, written out by hand from haproxy's
+// proxy-protocol.txt (section 2.2), not read back by the library that wrote them.
+func TestProxyHeaderV2Bytes(t *testing.T) {
+	ci := clientInfo{client: netip.MustParseAddrPort("192.0.2.7:51000"), local: netip.MustParseAddrPort("198.51.100.1:993"),
+		tls: &clientTLSInfo{version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", serverName: "imap.example.org"}}
+	h, err := proxyHeader(routing.ProxyProtocolV2, ci)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\r\n\r\n\x00\r\nQUIT\n" + // signature
+		"\x21" + // version 2, PROXY
+		"\x11" + // TCP over IPv4
+		"\x00\x4a" + // 74 bytes follow: 12 of addresses, 62 of TLVs
+		"\xc0\x00\x02\x07" + "\xc6\x33\x64\x01" + // 192.0.2.7, 198.51.100.1
+		"\xc7\x38" + "\x03\xe1" + // 51000, 993
+		"\x20\x00\x28" + // PP2_TYPE_SSL, 40 bytes
+		"\x01" + "\x00\x00\x00\x01" + // client: SSL; verify: no verified certificate
+		"\x21\x00\x07TLSv1.3" + // PP2_SUBTYPE_SSL_VERSION
+		"\x23\x00\x16TLS_AES_128_GCM_SHA256" + // PP2_SUBTYPE_SSL_CIPHER
+		"\x02\x00\x10imap.example.org" // PP2_TYPE_AUTHORITY
+	if string(h) != want {
+		t.Errorf("header\n%q\nwant\n%q", h, want)
+	}
+}
+
+// What the header says of a TLS client comes from the handshake: OpenSSL's spelling of the
+// version, crypto/tls's name of the suite, the SNI.
+func TestTLSInfoOf(t *testing.T) {
+	cfg, pem, err := tlsconf.SelfSigned("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := tlsconf.CertPool(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		max         uint16
+		serverName  string
+		wantVersion string
+	}{
+		{tls.VersionTLS13, "localhost", "TLSv1.3"},
+		{tls.VersionTLS12, "localhost", "TLSv1.2"},
+		{tls.VersionTLS13, "127.0.0.1", "TLSv1.3"}, // an IP address goes as no SNI
+	} {
+		t.Run(tc.wantVersion+" "+tc.serverName, func(t *testing.T) {
+			cc, sc := net.Pipe()
+			defer cc.Close()
+			defer sc.Close()
+			client := tls.Client(cc, &tls.Config{RootCAs: pool, ServerName: tc.serverName, MaxVersion: tc.max})
+			errc := make(chan error, 1)
+			go func() { errc <- client.Handshake() }()
+			server := tls.Server(sc, cfg)
+			if err := server.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			got := tlsInfoOf(server)
+			wantName := tc.serverName
+			if net.ParseIP(wantName) != nil {
+				wantName = ""
+			}
+			cs := server.ConnectionState()
+			if got == nil || got.version != tc.wantVersion || got.serverName != wantName ||
+				got.cipher != tls.CipherSuiteName(cs.CipherSuite) || !strings.HasPrefix(got.cipher, "TLS_") {
+				t.Errorf("tlsInfoOf: %+v, want version %q, server name %q, cipher %q", got, tc.wantVersion, wantName,
+					tls.CipherSuiteName(cs.CipherSuite))
+			}
+		})
+	}
+	if got := tlsInfoOf(&net.TCPConn{}); got != nil {
+		t.Errorf("tlsInfoOf of a cleartext connection: %+v, want nil", got)
+	}
+}
+
+// A version the protocol does not have is the proxy's own fault, never sent as another one,
+// and found before any connection to the backend.
 func TestProxyHeaderUnknownVersion(t *testing.T) {
 	for _, v := range []routing.ProxyProtocol{routing.ProxyProtocolOff, 3, -1} {
 		if h, err := proxyHeader(v, clientInfo{}); err == nil {
 			t.Errorf("version %d: header %q, want an error", v, h)
 		}
 	}
-	u := &upstream{backend: &routing.Backend{Address: "127.0.0.1:1", ProxyProtocol: 3}}
+	ln, err := netListen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	be := &routing.Backend{Address: ln.Addr().String(), ProxyProtocol: 3}
 	var fe *proxyFaultError
-	if err := u.sendProxyHeader(clientInfo{}); !errors.As(err, &fe) {
-		t.Errorf("sendProxyHeader with version 3: %v, want a *proxyFaultError", err)
+	if _, err := dialUpstream(context.Background(), be, 5*time.Second, clientInfo{}); !errors.As(err, &fe) {
+		t.Errorf("dialUpstream with version 3: %v, want a *proxyFaultError", err)
+	}
+	// The listener's first connection must be this marker's: connections queue in order.
+	marker, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer marker.Close()
+	first, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if first.RemoteAddr().String() != marker.LocalAddr().String() {
+		t.Errorf("the backend got a connection from %v before the marker's: dialUpstream connected before finding it could not make the header", first.RemoteAddr())
 	}
 }

@@ -283,7 +283,10 @@ func (s *session) login(tag, mech string, cr credentials) (preauthResult, error)
 func (s *session) loginUpstream(ctx context.Context, be *routing.Backend, ci clientInfo, cr credentials) (*upstream, *loginResult, error) {
 	t0 := time.Now()
 	up, err := dialUpstream(ctx, be, s.srv.connectTimeout(), ci)
-	s.srv.metrics.UpstreamConnect(be.Shard, be.Address, time.Since(t0), err == nil)
+	// A header the proxy could not make was no attempt to connect: not the backend's record.
+	if fe := (*proxyFaultError)(nil); !errors.As(err, &fe) {
+		s.srv.metrics.UpstreamConnect(be.Shard, be.Address, time.Since(t0), err == nil)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

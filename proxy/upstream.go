@@ -81,15 +81,24 @@ func (u *upstream) nextTag() string {
 
 // dialUpstream connects to be, sends the PROXY header if be wants one (ci's addresses), does
 // TLS as configured, reads the greeting and learns the capabilities. Errors are
-// *backendUnavailableError or *backendProtocolError.
+// *backendUnavailableError or *backendProtocolError, or *proxyFaultError, before any
+// connection, when the proxy cannot make the header.
 func dialUpstream(ctx context.Context, be *routing.Backend, timeout time.Duration, ci clientInfo) (*upstream, error) {
+	header, err := proxyHeaderFor(be, ci)
+	if err != nil {
+		return nil, err
+	}
 	raw, err := dialBackend(ctx, be.Address, timeout)
 	if err != nil {
 		return nil, &backendUnavailableError{addr: be.Address, err: err}
 	}
 	u := &upstream{backend: be, raw: raw, conn: raw}
 	_ = raw.SetDeadline(timeoutDeadline(ctx, timeout))
-	err = u.sendProxyHeader(ci)
+	if header != nil {
+		if _, err = raw.Write(header); err != nil {
+			err = u.unavailable(err)
+		}
+	}
 	if err == nil {
 		err = u.start(ctx)
 	}
