@@ -181,6 +181,11 @@ type Result struct {
 	// BackendCPUPerOp is the same for the backend (Dovecot only): what each target costs the
 	// backend. Behind a proxy Dovecot spends more per MB than direct (see the README).
 	BackendCPUPerOp float64 `json:"backend_cpu_per_op,omitempty"`
+	// MachineCPUPerOp is every CPU's busy time (CPUMachine's) per operation, in seconds: per
+	// login, per MB, per NOOP. With the machine saturated a target's rate is the cores over
+	// it, so its difference from direct's is what the target costs the machine in all: the
+	// proxy, the backend's extra work behind it, the kernel's for the second connection.
+	MachineCPUPerOp float64 `json:"machine_cpu_per_op,omitempty"`
 
 	// Ratio is the main figure against direct (logins/s, MB/s): the median of the rounds'
 	// ratios, each round against direct's run of the same round (paired.go); or for idle the
@@ -403,9 +408,13 @@ func runOne(ctx context.Context, env *peerEnv, r *Result) {
 	r.CPUGen = (selfCPU() - gen0) / wall
 	r.CPUProxy = float64(proxy1.CPUTicks-proxy0.CPUTicks) / clockTick / wall
 	r.CPUBackend = float64(back1.CPUTicks-back0.CPUTicks) / clockTick / wall
-	r.CPUMachine = float64(machineBusy()-mach0) / clockTick / wall
+	machineCPU := float64(machineBusy()-mach0) / clockTick
+	r.CPUMachine = machineCPU / wall
 	proxyCPU := float64(proxy1.CPUTicks-proxy0.CPUTicks) / clockTick
 	if ops := opsOf(r); ops > 0 {
+		if r.Scenario != Idle {
+			r.MachineCPUPerOp = machineCPU / ops
+		}
 		if t.pgid > 0 {
 			r.ProxyCPUPerOp = proxyCPU / ops
 		}
@@ -635,6 +644,9 @@ func notes(rep *Report, o *Options) []string {
 	}
 	if o.Rounds > 1 && slices.ContainsFunc(o.Scenarios, func(sc string) bool { return sc != Idle }) {
 		out = append(out, "vs: each round of a target is compared with direct's run of the same round, a few seconds before it, and the median of those comparisons is shown (the rounds' own after \"rounds\"): the machine's speed drifts between rounds by more than the targets differ.")
+	}
+	if slices.ContainsFunc(o.Scenarios, func(sc string) bool { return sc == Logins || sc == Throughput }) {
+		out = append(out, "machine CPU per login or MB: all CPUs' busy time (/proc/stat, the kernel's network work included) over the logins or MB; where the machine is saturated (all near the core count) a target's rate is the cores over it, so its difference from direct's is what the target costs the machine: the proxy, the backend's extra work behind it, the kernel's for the second connection.")
 	}
 	if slices.Contains(o.Scenarios, Idle) {
 		out = append(out, "Idle memory is the VmRSS growth of the proxy's whole process group (imapgate: one process; nginx: master and workers; Dovecot's proxy: master, auth, anvil, log, config, stats and imap-login processes) from before the first session to the end of the hold, divided by the sessions; fds likewise from /proc/PID/fd.")

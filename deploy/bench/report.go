@@ -70,6 +70,9 @@ func row(r *Result) (result, vs, details string) {
 		if r.BackendCPUPerOp > 0 {
 			details += fmt.Sprintf("; backend CPU %s/login", dur(secs(r.BackendCPUPerOp)))
 		}
+		if r.MachineCPUPerOp > 0 {
+			details += fmt.Sprintf("; machine CPU %s/login", dur(secs(r.MachineCPUPerOp)))
+		}
 		if r.Ratio > 0 {
 			vs = fmt.Sprintf("%.2f× direct", r.Ratio)
 		}
@@ -81,6 +84,9 @@ func row(r *Result) (result, vs, details string) {
 		}
 		if r.BackendCPUPerOp > 0 {
 			details += fmt.Sprintf("; backend CPU %s/MB", dur(secs(r.BackendCPUPerOp)))
+		}
+		if r.MachineCPUPerOp > 0 {
+			details += fmt.Sprintf("; machine CPU %s/MB", dur(secs(r.MachineCPUPerOp)))
 		}
 		if r.Ratio > 0 {
 			vs = fmt.Sprintf("%.2f× direct", r.Ratio)
