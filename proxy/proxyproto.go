@@ -106,7 +106,7 @@ func (t *clientTLSInfo) tlvs() ([]proxyproto.TLV, error) {
 // (not TCP) makes a LOCAL header (v2) or "PROXY UNKNOWN" (v1): the backend then keeps the
 // connection's own address, as the protocol says.
 func proxyHeader(v routing.ProxyProtocol, ci clientInfo) ([]byte, error) {
-	if v != routing.ProxyProtocolV1 && v != routing.ProxyProtocolV2 {
+	if !v.Valid() || v == routing.ProxyProtocolOff {
 		// go-proxyproto would make any other number a version 2 header.
 		return nil, fmt.Errorf("invalid PROXY protocol version %d", int(v))
 	}

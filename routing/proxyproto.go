@@ -49,13 +49,17 @@ func ParseProxyProtocol(s string) (ProxyProtocol, error) {
 	return ProxyProtocolOff, fmt.Errorf("unknown PROXY protocol version %q (want off, v1 or v2)", s)
 }
 
+// Valid reports whether p is one of the values above.
+func (p ProxyProtocol) Valid() bool {
+	return p == ProxyProtocolOff || p == ProxyProtocolV1 || p == ProxyProtocolV2
+}
+
 // MarshalText implements encoding.TextMarshaler with the configuration spelling.
 func (p ProxyProtocol) MarshalText() ([]byte, error) {
-	switch p {
-	case ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2:
-		return []byte(p.String()), nil
+	if !p.Valid() {
+		return nil, fmt.Errorf("invalid PROXY protocol version %d", int(p))
 	}
-	return nil, fmt.Errorf("invalid PROXY protocol version %d", int(p))
+	return []byte(p.String()), nil
 }
 
 // UnmarshalText implements encoding.TextUnmarshaler with ParseProxyProtocol.

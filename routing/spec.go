@@ -85,8 +85,8 @@ func (spec *TableSpec) validate() error {
 			} else if _, _, err := net.SplitHostPort(b.Address); err != nil {
 				add("shard %q: backend %q: want host:port: %v", s.Name, b.Address, err)
 			}
-			if _, err := b.ProxyProtocol.MarshalText(); err != nil {
-				add("shard %q: backend %q: %v (want off, v1 or v2)", s.Name, b.Address, err)
+			if !b.ProxyProtocol.Valid() {
+				add("shard %q: backend %q: invalid PROXY protocol version %d (want off, v1 or v2)", s.Name, b.Address, int(b.ProxyProtocol))
 			}
 			key := strings.ToLower(b.Address)
 			if addrs[key] {
