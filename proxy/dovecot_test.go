@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -299,27 +300,17 @@ func TestDovecotProxyHeaderClientTLS(t *testing.T) {
 	}
 }
 
-// dovecotLoginLine waits for Dovecot's login line for the client whose port is port.
-// Dovecot's log process writes the line after the client's session; a log file written by
-// another process gives nothing to wait on but polling.
+// dovecotLoginLine waits for Dovecot's login line for the client whose port is port
+// (Dovecot's log process writes it after the client's session).
 func dovecotLoginLine(t *testing.T, inst *dovecot.Instance, port string) string {
 	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var log string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); <-tick.C {
-		var err error
-		if log, err = inst.Log(); err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range strings.Split(log, "\n") {
-			if strings.Contains(l, "Login: user=<alice@example.com>") && strings.Contains(l, "rport="+port+",") {
-				return l
-			}
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	line, err := inst.WaitLog(ctx, regexp.MustCompile(`Login: user=<alice@example\.com>.* rport=`+regexp.QuoteMeta(port)+`,`))
+	if err != nil {
+		t.Fatalf("no login line for client port %s: %v:\n%s", port, err, line)
 	}
-	t.Fatalf("no login line for client port %s in Dovecot's log:\n%s", port, log)
-	return ""
+	return line
 }
 
 // A 10 MB message appended through the proxy comes back byte for byte, with TLS on the client

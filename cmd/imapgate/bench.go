@@ -152,6 +152,8 @@ func runBenchRelay(ctx context.Context, args []string, stdout, stderr io.Writer)
 	listen := fs.String("listen", "", "`address` to accept clients on")
 	to := fs.String("to", "", "backend `address` to relay each client to")
 	loop := fs.Bool("loop", false, "relay with event loops (the relay-loop target; Linux)")
+	login := fs.Bool("login", false, "log each client in to the backend first, in event loops (the login-loop target; Linux)")
+	proxyHeader := fs.Bool("proxy-protocol", false, "with -login: send a PROXY v2 header with the client's address to the backend first")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -162,6 +164,9 @@ func runBenchRelay(ctx context.Context, args []string, stdout, stderr io.Writer)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
+	}
+	if *login {
+		return bench.RunLoopLogin(ctx, ln.(*net.TCPListener), *to, *proxyHeader)
 	}
 	if *loop {
 		return bench.RunLoopRelay(ctx, ln.(*net.TCPListener), *to)

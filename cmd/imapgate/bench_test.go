@@ -44,7 +44,7 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "bench.json")
 	start := time.Now()
-	code, stdout, stderr := runCmd(t, "bench", "-backend", "memory", "-targets", "direct,relay,imapgate",
+	code, stdout, stderr := runCmd(t, "bench", "-backend", "memory", "-targets", "direct,relay,login-loop,imapgate",
 		"-n", "20", "-duration", "200ms", "-rounds", "1", "-concurrency", "4", "-users", "5", "-messages", "2",
 		"-message-size", "100000", "-out", out)
 	if code != 0 {
@@ -52,12 +52,15 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	t.Logf("took %v\n%s", time.Since(start), stdout)
 	for _, want := range []*regexp.Regexp{
-		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,relay,imapgate -n 20 -duration 200ms -rounds 1 `),
+		regexp.MustCompile(`(?m)^command: +imapgate bench -backend memory -targets direct,relay,login-loop,imapgate -n 20 -duration 200ms -rounds 1 `),
 		regexp.MustCompile(`(?m)^machine: +\d+ CPUs .*, TCP congestion control \S+, go1\.`),
 		regexp.MustCompile(`(?m)^logins +direct +\d+ logins/s +1\.00× direct`),
 		regexp.MustCompile(`(?m)^peer: +relay: a bare byte relay`),
 		regexp.MustCompile(`(?m)^logins +relay +\d+ logins/s +\d+\.\d\d× direct .*proxy CPU `),
 		regexp.MustCompile(`(?m)^latency +relay +p50 [\d.]+ [µm]s +[-+][\d.]+ [µm]s p50`),
+		regexp.MustCompile(`(?m)^peer: +login-loop: relay-loop with the least an IMAP login proxy does`),
+		regexp.MustCompile(`(?m)^logins +login-loop +\d+ logins/s +\d+\.\d\d× direct .*proxy CPU `),
+		regexp.MustCompile(`(?m)^idle +login-loop +-?[\d.]+ KiB/session .*; 20/20 held`),
 		regexp.MustCompile(`(?m)^logins +imapgate +\d+ logins/s +\d+\.\d\d× direct .*session p50 .*; machine CPU [\d.]+ [µm]s/login`),
 		regexp.MustCompile(`(?m)^throughput +direct +\d+ MB/s .*; machine CPU [\d.]+ [µm]s/MB`),
 		regexp.MustCompile(`(?m)^- machine CPU per login or MB: `),
@@ -85,8 +88,8 @@ func TestBenchSmoke(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Results) != 4*3 {
-		t.Fatalf("%d results in the JSON, want 12", len(rep.Results))
+	if len(rep.Results) != 4*4 {
+		t.Fatalf("%d results in the JSON, want 16", len(rep.Results))
 	}
 	for _, r := range rep.Results {
 		if r.Error != "" || r.Skipped != "" || r.Elapsed <= 0 {

@@ -605,6 +605,13 @@ func describePeers(targets []string, o *Options) []string {
 				runtime.Version(), rt, fwd))
 		case RelayLoop:
 			out = append(out, "relay-loop: the same relay as event loops, one per core (epoll of its own, raw system calls, no goroutine per connection): what that design would save")
+		case LoginLoop:
+			hdr := ""
+			if o.Backend == "dovecot" {
+				hdr = " PROXY v2 header,"
+			}
+			out = append(out, "login-loop: relay-loop with the least an IMAP login proxy does, in its loops: own greeting, the client's LOGIN,"+hdr+
+				" the backend's greeting, AUTHENTICATE PLAIN, the answer under the client's tag, then the relay; no routing, logs, metrics or timeouts: the bound for imapgate's logins")
 		case Relay:
 			out = append(out, "relay: a bare byte relay (`imapgate bench-relay` child process): a goroutine per direction, read(2)/write(2) through a 16 KiB buffer; no IMAP, no login, no TLS, no logs: what one more user-space hop written the plain Go way costs here")
 		case DovecotProxy:

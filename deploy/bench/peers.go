@@ -27,6 +27,7 @@ const (
 	Direct          = "direct"
 	Relay           = "relay"
 	RelayLoop       = "relay-loop"
+	LoginLoop       = "login-loop"
 	Imapgate        = "imapgate"
 	ImapgateTLS     = "imapgate-tls"
 	DovecotProxy    = "dovecot-proxy"
@@ -36,7 +37,7 @@ const (
 )
 
 // AllTargets are the targets a run compares by default.
-var AllTargets = []string{Direct, Relay, RelayLoop, Imapgate, ImapgateTLS, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
+var AllTargets = []string{Direct, Relay, RelayLoop, LoginLoop, Imapgate, ImapgateTLS, DovecotProxy, DovecotProxyTLS, Nginx, NginxTLS}
 
 // isTLS reports whether the load generator reaches target with implicit TLS.
 func isTLS(target string) bool { return strings.HasSuffix(target, "-tls") }
@@ -288,7 +289,7 @@ func available(target string, o *Options) string {
 			return "unknown target"
 		}
 		return ""
-	case Imapgate, Relay, RelayLoop: // the relays are `imapgate bench-relay`
+	case Imapgate, Relay, RelayLoop, LoginLoop: // the relays are `imapgate bench-relay`
 		if o.Imapgate.Path == "" {
 			return "no imapgate command given"
 		}
@@ -318,10 +319,8 @@ func (e *peerEnv) start(ctx context.Context, target string) (*running, error) {
 		return &running{addr: e.backend.addr, stop: func() error { return nil }}, nil
 	case Imapgate:
 		return e.startImapgate(ctx, isTLS(target))
-	case Relay:
-		return e.startRelay(ctx, false)
-	case RelayLoop:
-		return e.startRelay(ctx, true)
+	case Relay, RelayLoop, LoginLoop:
+		return e.startRelay(ctx, target)
 	case DovecotProxy:
 		return e.startDovecotProxy(ctx, isTLS(target))
 	case Nginx:
@@ -359,11 +358,19 @@ func (e *peerEnv) startImapgate(ctx context.Context, useTLS bool) (*running, err
 
 // startRelay runs the bare byte relay (relay.go, or with loop relayloop_linux.go) as
 // `imapgate bench-relay` in front of the backend.
-func (e *peerEnv) startRelay(ctx context.Context, loop bool) (*running, error) {
+func (e *peerEnv) startRelay(ctx context.Context, target string) (*running, error) {
 	dir := filepath.Join(e.dir, fmt.Sprintf("relay-%d", e.seq))
 	args := []string{"bench-relay", "-to", e.backend.addr}
-	if loop {
+	switch target {
+	case RelayLoop:
 		args = append(args, "-loop")
+	case LoginLoop:
+		// The client's address in a PROXY header where the backend has a listener for it,
+		// as imapgate's configuration here does.
+		if e.backend.haproxyAddr != "" {
+			args = []string{"bench-relay", "-to", e.backend.haproxyAddr, "-proxy-protocol"}
+		}
+		args = append(args, "-login")
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"syscall"
 	"testing"
@@ -16,9 +17,14 @@ import (
 
 // TestRelay runs a session through the bare relay to an in-process IMAP server: login,
 // an upload and a download larger than the relay's buffer, logout. The server's BYE and
-// its close reach the client.
+// its close reach the client. login-loop too, without a PROXY header (as with -backend
+// memory): the login goes through its own conversation, the rest through its relay.
 func TestRelay(t *testing.T) {
-	for name, run := range relays {
+	sessionRelays := maps.Clone(relays)
+	sessionRelays[LoginLoop] = func(ctx context.Context, ln *net.TCPListener, to string) error {
+		return RunLoopLogin(ctx, ln, to, false)
+	}
+	for name, run := range sessionRelays {
 		t.Run(name, func(t *testing.T) {
 			users := map[string]string{"u@bench.example": "secret"}
 			s, err := memdemo.StartShardWith(context.Background(), memdemo.ShardOptions{Users: users})

@@ -36,6 +36,7 @@ type loopConn struct {
 	eof        bool   // read returned EOF
 	shutPend   bool   // shut this socket's write side once pend is empty
 	closed     bool
+	login      *loginState // login-loop: until the relay starts (loginloop_linux.go)
 }
 
 type relayLoop struct {
@@ -47,12 +48,19 @@ type relayLoop struct {
 	buf   []byte
 	evs   []syscall.EpollEvent
 	err   error // a failed accept: the loop ends with it
+
+	loginConf *loginConf // login-loop; nil for relay-loop
 }
 
 // RunLoopRelay accepts connections on ln and relays each to the backend at to (an IP
 // address and port) until ctx ends, with one event loop per core. It closes ln and every
 // relayed connection before it returns.
 func RunLoopRelay(ctx context.Context, ln *net.TCPListener, to string) error {
+	return runLoops(ctx, ln, to, nil)
+}
+
+// runLoops runs relay-loop, or login-loop if lc is set.
+func runLoops(ctx context.Context, ln *net.TCPListener, to string, lc *loginConf) error {
 	defer ln.Close()
 	ap, err := netip.ParseAddrPort(to)
 	if err != nil {
@@ -77,7 +85,7 @@ func RunLoopRelay(ctx context.Context, ln *net.TCPListener, to string) error {
 	n := runtime.GOMAXPROCS(0)
 	errc := make(chan error, n)
 	for range n {
-		go func() { errc <- runRelayLoop(ctx, lfd, ap) }()
+		go func() { errc <- runRelayLoop(ctx, lfd, ap, lc) }()
 	}
 	var first error
 	for range n {
@@ -88,7 +96,7 @@ func RunLoopRelay(ctx context.Context, ln *net.TCPListener, to string) error {
 	return first
 }
 
-func runRelayLoop(ctx context.Context, lfd int, to netip.AddrPort) error {
+func runRelayLoop(ctx context.Context, lfd int, to netip.AddrPort, lc *loginConf) error {
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return err
@@ -104,7 +112,7 @@ func runRelayLoop(ctx context.Context, lfd int, to netip.AddrPort) error {
 		return err
 	}
 	l := &relayLoop{epfd: epfd, lfd: lfd, conns: map[int]*loopConn{}, buf: make([]byte, relayBufSize),
-		evs: make([]syscall.EpollEvent, loopEvents)}
+		evs: make([]syscall.EpollEvent, loopEvents), loginConf: lc}
 	l.tolen = rawSockaddr(to, &l.to)
 	// Level-triggered; EPOLLEXCLUSIVE wakes one loop per new connection, not all.
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollExclusive, Fd: int32(lfd)}
@@ -132,6 +140,19 @@ const (
 	epollExclusive = 1 << 28
 	epollET        = 1 << 31
 )
+
+// addrPortOf is the address in sa (AF_INET or AF_INET6; the zero AddrPort otherwise).
+func addrPortOf(sa *syscall.RawSockaddrAny) netip.AddrPort {
+	switch sa.Addr.Family {
+	case syscall.AF_INET:
+		s := (*syscall.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(s.Addr), s.Port>>8|s.Port<<8)
+	case syscall.AF_INET6:
+		s := (*syscall.RawSockaddrInet6)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom16(s.Addr), s.Port>>8|s.Port<<8)
+	}
+	return netip.AddrPort{}
+}
 
 // rawSockaddr fills sa with ap and returns its length.
 func rawSockaddr(ap netip.AddrPort, sa *syscall.RawSockaddrAny) uintptr {
@@ -176,6 +197,10 @@ func (l *relayLoop) run(uintptr) bool {
 			if c == nil || c.closed {
 				continue
 			}
+			if c.login != nil {
+				l.loginEvent(c, ev.Events)
+				continue
+			}
 			if ev.Events&syscall.EPOLLOUT != 0 {
 				l.writable(c)
 			}
@@ -197,7 +222,13 @@ func (l *relayLoop) run(uintptr) bool {
 // listener failed (l.err).
 func (l *relayLoop) accept() bool {
 	for {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, uintptr(l.lfd), 0, 0, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+		var sa syscall.RawSockaddrAny
+		salen := uint32(unsafe.Sizeof(sa))
+		var sap, salenp uintptr
+		if l.loginConf != nil { // login-loop: the client's address goes into the PROXY header
+			sap, salenp = uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen))
+		}
+		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, uintptr(l.lfd), sap, salenp, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
 		switch e {
 		case 0:
 		case syscall.EAGAIN:
@@ -210,6 +241,10 @@ func (l *relayLoop) accept() bool {
 		}
 		cfd := int(r)
 		setsockopt(cfd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+		if l.loginConf != nil {
+			l.acceptLogin(cfd, addrPortOf(&sa))
+			continue
+		}
 		r, _, e = syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(l.to.Addr.Family), syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 		if e != 0 {
 			closeFd(cfd)

@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -415,6 +416,31 @@ func (i *Instance) Pid() int {
 func (i *Instance) Log() (string, error) {
 	b, err := os.ReadFile(i.LogPath)
 	return string(b), err
+}
+
+// WaitLog waits until a line of Dovecot's log matches re and returns that line, or returns
+// ctx's error with the log as it was. Dovecot's log process writes a session's lines after
+// the client has had its answers, and a file written by another process gives nothing to
+// wait on but polling: every 20 ms.
+func (i *Instance) WaitLog(ctx context.Context, re *regexp.Regexp) (string, error) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		log, err := i.Log()
+		if err != nil {
+			return "", err
+		}
+		for _, line := range strings.Split(log, "\n") {
+			if re.MatchString(line) {
+				return line, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return log, fmt.Errorf("no line of Dovecot's log matches %s: %w", re, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // MaildirFor returns the Maildir of user (lower-cased, as Dovecot stores it).

@@ -372,16 +372,10 @@ func processesMentioning(t *testing.T, s string) []string {
 
 func waitLog(t *testing.T, inst *Instance, re *regexp.Regexp) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		log, err := inst.Log()
-		if err == nil && re.MatchString(log) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("log has no line matching %s:\n%s", re, log)
-		}
-		time.Sleep(20 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if log, err := inst.WaitLog(ctx, re); err != nil {
+		t.Fatalf("%v:\n%s", err, log)
 	}
 }
 
