@@ -32,10 +32,9 @@ import (
 // AUTHENTICATE, the answer) fits in the empty send buffer of a fresh socket: a short write
 // ends the connection.
 
-// Phases of a connection in login-loop, before the relay.
+// Phases of a connection in login-loop, before the relay (relaying, its loginState is nil).
 const (
-	phaseRelay        = iota // relaying: relayloop_linux.go handles the events
-	phaseWantLogin           // client: greeted, its LOGIN line not complete yet
+	phaseWantLogin    = iota // client: greeted, its LOGIN line not complete yet
 	phaseWaitBackend         // client: its login goes on at the backend
 	phaseConnecting          // backend: connect(2) in progress
 	phaseBackendHello        // backend: header sent, its greeting not complete yet
@@ -81,35 +80,14 @@ func (l *relayLoop) acceptLogin(cfd int, src netip.AddrPort) {
 	c := &loopConn{fd: cfd, login: &loginState{phase: phaseWantLogin, src: src}}
 	l.conns[cfd] = c
 	if !l.register(c) || !l.writeAll(c, loginGreeting) {
-		l.closeConn(c)
+		l.closePair(c)
 	}
-}
-
-// register adds c to the loop's epoll instance, edge-triggered.
-func (l *relayLoop) register(c *loopConn) bool {
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET, Fd: int32(c.fd)}
-	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(l.epfd), syscall.EPOLL_CTL_ADD, uintptr(c.fd),
-		uintptr(unsafe.Pointer(&ev)), 0, 0)
-	return e == 0
 }
 
 // writeAll writes b to c at once; false if the socket did not take all of it.
 func (l *relayLoop) writeAll(c *loopConn, b []byte) bool {
 	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	return e == 0 && int(n) == len(b)
-}
-
-// closeConn closes c, and its peer if it has one.
-func (l *relayLoop) closeConn(c *loopConn) {
-	if c.peer != nil {
-		l.closePair(c)
-		return
-	}
-	if !c.closed {
-		c.closed = true
-		closeFd(c.fd)
-		delete(l.conns, c.fd)
-	}
 }
 
 // readLine reads what c has until its buffer holds a whole line, and returns that line
@@ -159,7 +137,7 @@ func (l *relayLoop) loginEvent(c *loopConn, events uint32) {
 	}
 	line, ok := l.readLine(c)
 	if !ok {
-		l.closeConn(c)
+		l.closePair(c)
 		return
 	}
 	if line == nil {
@@ -180,7 +158,7 @@ func (l *relayLoop) clientLogin(c *loopConn, line []byte) {
 	s := c.login
 	tag, user, pass, ok := parseLoginLine(line)
 	if !ok {
-		l.closeConn(c)
+		l.closePair(c)
 		return
 	}
 	s.line = s.line[len(line):]
@@ -190,7 +168,7 @@ func (l *relayLoop) clientLogin(c *loopConn, line []byte) {
 	s.auth = []byte(loginTag + " AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString(plain) + "\r\n")
 	r, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(l.to.Addr.Family), syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	if e != 0 {
-		l.closeConn(c)
+		l.closePair(c)
 		return
 	}
 	u := &loopConn{fd: int(r), connecting: true, login: &loginState{phase: phaseConnecting}}
@@ -206,11 +184,7 @@ func (l *relayLoop) clientLogin(c *loopConn, line []byte) {
 
 // connected: the backend's connect(2) has finished; the PROXY header goes first.
 func (l *relayLoop) connected(u *loopConn) {
-	var v int32
-	vl := uint32(4)
-	_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, uintptr(u.fd), syscall.SOL_SOCKET, syscall.SO_ERROR,
-		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vl)), 0)
-	if e != 0 || v != 0 {
+	if !connectDone(u.fd) {
 		l.closePair(u)
 		return
 	}

@@ -361,15 +361,14 @@ func (e *peerEnv) startImapgate(ctx context.Context, useTLS bool) (*running, err
 func (e *peerEnv) startRelay(ctx context.Context, target string) (*running, error) {
 	dir := filepath.Join(e.dir, fmt.Sprintf("relay-%d", e.seq))
 	args := []string{"bench-relay", "-to", e.backend.addr}
-	switch target {
-	case RelayLoop:
+	switch {
+	case target == RelayLoop:
 		args = append(args, "-loop")
-	case LoginLoop:
-		// The client's address in a PROXY header where the backend has a listener for it,
-		// as imapgate's configuration here does.
-		if e.backend.haproxyAddr != "" {
-			args = []string{"bench-relay", "-to", e.backend.haproxyAddr, "-proxy-protocol"}
-		}
+	case target == LoginLoop && e.backend.haproxyAddr != "":
+		// The client's address in a PROXY header to the backend's listener for it, as
+		// imapgate's configuration here does.
+		args = []string{"bench-relay", "-to", e.backend.haproxyAddr, "-proxy-protocol", "-login"}
+	case target == LoginLoop:
 		args = append(args, "-login")
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -262,15 +262,18 @@ func (l *relayLoop) accept() bool {
 		u := &loopConn{fd: ufd, connecting: e == syscall.EINPROGRESS}
 		c.peer, u.peer = u, c
 		l.conns[cfd], l.conns[ufd] = c, u
-		for _, x := range [2]*loopConn{c, u} {
-			ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET, Fd: int32(x.fd)}
-			if _, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(l.epfd), syscall.EPOLL_CTL_ADD, uintptr(x.fd),
-				uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
-				l.closePair(c)
-				break
-			}
+		if !l.register(c) || !l.register(u) {
+			l.closePair(c)
 		}
 	}
+}
+
+// register adds c to the loop's epoll instance, edge-triggered.
+func (l *relayLoop) register(c *loopConn) bool {
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET, Fd: int32(c.fd)}
+	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(l.epfd), syscall.EPOLL_CTL_ADD, uintptr(c.fd),
+		uintptr(unsafe.Pointer(&ev)), 0, 0)
+	return e == 0
 }
 
 // readFrom moves what c has to its peer while the peer takes it; it stops (c.readable
@@ -356,11 +359,7 @@ func (l *relayLoop) flush(c *loopConn) {
 // writable: a connect finished, or the socket takes bytes again.
 func (l *relayLoop) writable(c *loopConn) {
 	if c.connecting {
-		var v int32
-		vl := uint32(4)
-		_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, uintptr(c.fd), syscall.SOL_SOCKET, syscall.SO_ERROR,
-			uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vl)), 0)
-		if e != 0 || v != 0 {
+		if !connectDone(c.fd) {
 			l.closePair(c)
 			return
 		}
@@ -380,9 +379,19 @@ func (l *relayLoop) maybeDone(c *loopConn) {
 	}
 }
 
+// connectDone reports whether the connect(2) in progress on fd succeeded (SO_ERROR).
+func connectDone(fd int) bool {
+	var v int32
+	vl := uint32(4)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), syscall.SOL_SOCKET, syscall.SO_ERROR,
+		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&vl)), 0)
+	return e == 0 && v == 0
+}
+
+// closePair closes c and its peer (login-loop's client has none until its LOGIN).
 func (l *relayLoop) closePair(c *loopConn) {
 	for _, x := range [2]*loopConn{c, c.peer} {
-		if !x.closed {
+		if x != nil && !x.closed {
 			x.closed = true
 			closeFd(x.fd)
 			delete(l.conns, x.fd)
