@@ -15,7 +15,9 @@
 // AUTHENTICATE PLAIN over cleartext, because imapgate logs in to them over loopback: never
 // expose one beyond the machine. imapmemserver compares user names exactly (case-sensitive),
 // so a client must log in with the name as written in Users. The servers do not support the
-// ID command (imapgate then does not forward the client's address).
+// ID command (imapgate then does not forward the client's address). Their IDLE sends every
+// change the client has not seen, those made before it started included (idle.go), which
+// imapmemserver's own does not.
 package memdemo
 
 import (
@@ -84,21 +86,22 @@ func StartShardWith(ctx context.Context, opts ShardOptions) (*Shard, error) {
 	if opts.TLS != tlsconf.None && opts.TLSConfig == nil {
 		return nil, fmt.Errorf("memdemo: shard %s: TLS %v needs a TLSConfig", opts.Name, opts.TLS)
 	}
-	mem := imapmemserver.New()
+	users := make(map[string]*imapmemserver.User, len(opts.Users))
 	for _, name := range slices.Sorted(maps.Keys(opts.Users)) {
 		u, err := newUser(name, opts.Users[name], opts.Name, opts.Messages)
 		if err != nil {
 			return nil, fmt.Errorf("memdemo: shard %s: %w", opts.Name, err)
 		}
-		mem.AddUser(u)
+		users[name] = u
 	}
+	ch := new(changes)
 	logger := opts.Logger
 	if logger == nil {
 		logger = discard{}
 	}
 	so := &imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return mem.NewSession(), nil, nil
+			return &session{users: users, changes: ch}, nil, nil // imapmemserver's, with a race-free IDLE (idle.go)
 		},
 		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
 		Logger:       logger,
