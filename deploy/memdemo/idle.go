@@ -1,6 +1,7 @@
 package memdemo
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/emersion/go-imap/v2"
@@ -55,27 +56,21 @@ func (c *changes) changed() {
 	c.mu.Unlock()
 }
 
-// session is imapmemserver's session (as imapmemserver.Server.NewSession makes it) with the
-// IDLE above.
+// session is imapmemserver's session with the IDLE above; the rest, Login included, is
+// imapmemserver's.
 type session struct {
-	*imapmemserver.UserSession // nil until Login
+	imapserver.SessionIMAP4rev2 // imapmemserver.Server.NewSession's
 
-	users   map[string]*imapmemserver.User // the shard's, immutable
-	changes *changes                       // the shard's
+	changes *changes // the shard's
 }
 
-var _ imapserver.SessionIMAP4rev2 = (*session)(nil)
-
-func (s *session) Login(username, password string) error {
-	u := s.users[username]
-	if u == nil {
-		return imapserver.ErrAuthFailed
+// newSession is imapserver.Options.NewSession for a shard served by mem.
+func newSession(mem *imapmemserver.Server, ch *changes) (imapserver.Session, *imapserver.GreetingData, error) {
+	inner, ok := mem.NewSession().(imapserver.SessionIMAP4rev2)
+	if !ok { // a go-imap that changed its session: the shards announce IMAP4rev2
+		return nil, nil, errors.New("memdemo: imapmemserver's session does not implement IMAP4rev2")
 	}
-	if err := u.Login(username, password); err != nil {
-		return err
-	}
-	s.UserSession = imapmemserver.NewUserSession(u)
-	return nil
+	return &session{SessionIMAP4rev2: inner, changes: ch}, nil, nil
 }
 
 // Idle sends pending updates, and then each update as it comes, until stop.
@@ -95,27 +90,27 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 
 func (s *session) Append(mailbox string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
 	defer s.changes.changed()
-	return s.UserSession.Append(mailbox, r, options)
+	return s.SessionIMAP4rev2.Append(mailbox, r, options)
 }
 
 func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) {
 	defer s.changes.changed()
-	return s.UserSession.Copy(numSet, dest)
+	return s.SessionIMAP4rev2.Copy(numSet, dest)
 }
 
 func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string) error {
 	defer s.changes.changed()
-	return s.UserSession.Move(w, numSet, dest)
+	return s.SessionIMAP4rev2.Move(w, numSet, dest)
 }
 
 func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error {
 	defer s.changes.changed()
-	return s.UserSession.Expunge(w, uids)
+	return s.SessionIMAP4rev2.Expunge(w, uids)
 }
 
 func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *imap.StoreFlags, options *imap.StoreOptions) error {
 	defer s.changes.changed()
-	return s.UserSession.Store(w, numSet, flags, options)
+	return s.SessionIMAP4rev2.Store(w, numSet, flags, options)
 }
 
 // Fetch announces a change only when it sets \Seen: a body section without PEEK (RFC 9051
@@ -127,5 +122,5 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			break
 		}
 	}
-	return s.UserSession.Fetch(w, numSet, options)
+	return s.SessionIMAP4rev2.Fetch(w, numSet, options)
 }

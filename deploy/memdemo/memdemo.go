@@ -86,13 +86,13 @@ func StartShardWith(ctx context.Context, opts ShardOptions) (*Shard, error) {
 	if opts.TLS != tlsconf.None && opts.TLSConfig == nil {
 		return nil, fmt.Errorf("memdemo: shard %s: TLS %v needs a TLSConfig", opts.Name, opts.TLS)
 	}
-	users := make(map[string]*imapmemserver.User, len(opts.Users))
+	mem := imapmemserver.New()
 	for _, name := range slices.Sorted(maps.Keys(opts.Users)) {
 		u, err := newUser(name, opts.Users[name], opts.Name, opts.Messages)
 		if err != nil {
 			return nil, fmt.Errorf("memdemo: shard %s: %w", opts.Name, err)
 		}
-		users[name] = u
+		mem.AddUser(u)
 	}
 	ch := new(changes)
 	logger := opts.Logger
@@ -101,7 +101,7 @@ func StartShardWith(ctx context.Context, opts ShardOptions) (*Shard, error) {
 	}
 	so := &imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return &session{users: users, changes: ch}, nil, nil // imapmemserver's, with a race-free IDLE (idle.go)
+			return newSession(mem, ch)
 		},
 		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
 		Logger:       logger,
